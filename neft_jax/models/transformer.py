@@ -1,0 +1,285 @@
+"""One decoder-only transformer for GPT-2, Llama-2 and Qwen2, in Flax NNX.
+
+The families differ only in the switches of `ModelConfig`: the norm (LayerNorm
+or RMSNorm), the positions (learned or rotary), the MLP (plain or gated), the
+biases, the head tying and grouped-query attention.
+
+Conventions:
+  * Tensor names carry their einsum letters: b batch, t query length, s key
+    length, d embed, n heads, k kv heads, h head_dim, m mlp, v vocab.
+  * Kernels are stored in Hugging Face's [out, in] order (reshaped into heads),
+    so loading a checkpoint is a reshape, not a transpose.
+  * Every parameter carries `logical_axes` metadata naming its dimensions;
+    `neft_jax.sharding` maps those names to mesh axes. No mesh axis appears here.
+  * The layers are always stored stacked ([layers, ...] on every block
+    parameter) and run either with `jax.lax.scan` (one compiled body) or as an
+    unrolled Python loop, so both read and write the same weights.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from neft_jax.models.config import ACTIVATIONS, REMAT_POLICIES, ModelConfig
+from neft_jax import sharding
+
+
+def _param(rngs: nnx.Rngs, init, shape, axes, dtype) -> nnx.Param:
+  return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+
+
+class Norm(nnx.Module):
+  """LayerNorm (GPT-2) or RMSNorm (Llama, Qwen2), computed in float32."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.kind, self.eps = cfg.norm, cfg.norm_eps
+    d, dtype = cfg.embed_dim, cfg.param_jnp_dtype
+    self.scale = _param(rngs, jax.nn.initializers.ones, (d,), ("norm",), dtype)
+    if cfg.norm == "layernorm":
+      self.bias = _param(rngs, jax.nn.initializers.zeros, (d,), ("norm",), dtype)
+
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
+    x = x_btd.astype(jnp.float32)
+    if self.kind == "layernorm":
+      x = x - x.mean(axis=-1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    y = x.astype(x_btd.dtype) * self.scale[...].astype(x_btd.dtype)
+    if self.kind == "layernorm":
+      y = y + self.bias[...].astype(x_btd.dtype)
+    return y
+
+
+class Projection(nnx.Module):
+  """A linear map written as one einsum, with an optional bias."""
+
+  def __init__(self, equation: str, kernel_shape, kernel_axes, bias_shape=None,
+               bias_axes=None, *, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.equation = equation
+    self.dtype = cfg.compute_jnp_dtype
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    self.kernel = _param(rngs, init, kernel_shape, kernel_axes, cfg.param_jnp_dtype)
+    self.bias = None if bias_shape is None else _param(
+        rngs, jax.nn.initializers.zeros, bias_shape, bias_axes, cfg.param_jnp_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+def rotary_tables(positions_bt: jax.Array, head_dim: int, theta: float, dtype):
+  """cos and sin of the rotary angles, [batch, length, 1, head_dim] each.
+
+  Computed in float32 and cast to the compute dtype, as transformers does.
+  """
+  exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+  inv_freq_h = 1.0 / (theta**exponents)  # [head_dim / 2]
+  angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq_h
+  angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)  # [b, t, head_dim]
+  return (jnp.cos(angles_bth)[:, :, None, :].astype(dtype),
+          jnp.sin(angles_bth)[:, :, None, :].astype(dtype))
+
+
+def apply_rotary(x_btnh: jax.Array, cos, sin) -> jax.Array:
+  """Rotates the two halves of each head ("rotate_half", Hugging Face's layout)."""
+  first, second = jnp.split(x_btnh, 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
+  return x_btnh * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+  """Causal self-attention with grouped-query heads (num_kv_heads <= num_heads)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    qkv_bias = lambda heads, axis: ((heads, h), (axis, "head_dim")) if cfg.qkv_bias else (None, None)
+    self.query = Projection("btd,nhd->btnh", (n, h, d), ("heads", "head_dim", "embed"),
+                            *qkv_bias(n, "heads"), cfg=cfg, rngs=rngs)
+    self.key = Projection("btd,khd->btkh", (k, h, d), ("kv_heads", "head_dim", "embed"),
+                          *qkv_bias(k, "kv_heads"), cfg=cfg, rngs=rngs)
+    self.value = Projection("btd,khd->btkh", (k, h, d), ("kv_heads", "head_dim", "embed"),
+                            *qkv_bias(k, "kv_heads"), cfg=cfg, rngs=rngs)
+    out_bias = ((d,), ("embed",)) if cfg.out_bias else (None, None)
+    self.out = Projection("btnh,dnh->btd", (d, n, h), ("embed", "heads", "head_dim"),
+                          *out_bias, cfg=cfg, rngs=rngs)
+    self.use_rope = cfg.positions == "rope"
+    self.scale = cfg.attention_scale
+    self.implementation = cfg.attention
+
+  def __call__(self, x_btd: jax.Array, rotary, mask_b1ts: jax.Array | None) -> jax.Array:
+    q_btnh, k_bskh, v_bskh = self.query(x_btd), self.key(x_btd), self.value(x_btd)
+    if self.use_rope:
+      q_btnh, k_bskh = apply_rotary(q_btnh, *rotary), apply_rotary(k_bskh, *rotary)
+    q_btnh = sharding.constrain(q_btnh, ("batch", "length", "heads", "head_dim"))
+    k_bskh = sharding.constrain(k_bskh, ("batch", "length", "kv_heads", "head_dim"))
+    v_bskh = sharding.constrain(v_bskh, ("batch", "length", "kv_heads", "head_dim"))
+    # Causal masking comes from is_causal (cuDNN then skips the masked blocks);
+    # the mask only removes padding and other packed segments.
+    encoded_btnh = jax.nn.dot_product_attention(
+        q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=self.scale, is_causal=True,
+        implementation=self.implementation)
+    return self.out(encoded_btnh)
+
+
+class MLP(nnx.Module):
+  """SwiGLU-style gated MLP (Llama, Qwen2) or a plain two-layer MLP (GPT-2)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, m = cfg.embed_dim, cfg.mlp_dim
+    bias = lambda size, axis: ((size,), (axis,)) if cfg.mlp_bias else (None, None)
+    if cfg.mlp == "gated":
+      self.gate = Projection("btd,md->btm", (m, d), ("mlp", "embed"), *bias(m, "mlp"),
+                             cfg=cfg, rngs=rngs)
+    self.up = Projection("btd,md->btm", (m, d), ("mlp", "embed"), *bias(m, "mlp"),
+                         cfg=cfg, rngs=rngs)
+    self.down = Projection("btm,dm->btd", (d, m), ("embed", "mlp"), *bias(d, "embed"),
+                           cfg=cfg, rngs=rngs)
+    self.gated = cfg.mlp == "gated"
+    self.activation = cfg.activation
+
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
+    act = ACTIVATIONS[self.activation]
+    if self.gated:
+      h_btm = act(self.gate(x_btd)) * self.up(x_btd)
+    else:
+      h_btm = act(self.up(x_btd))
+    h_btm = sharding.constrain(h_btm, ("batch", "length", "mlp"))
+    return self.down(h_btm)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: attention, then MLP."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = Norm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = Norm(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_btd, rotary, mask_b1ts):
+    x_btd = x_btd + self.attn(self.attn_norm(x_btd), rotary, mask_b1ts)
+    x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
+    return sharding.constrain(x_btd, ("batch", "length", "embed"))
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """A Block whose every parameter has a leading [layers] axis, each layer drawn
+  with its own key (one vmapped init, so tracing cost does not grow with depth)."""
+  graphdefs = []
+
+  def init_layer(key):
+    graphdef, state = nnx.split(Block(cfg, rngs=nnx.Rngs(params=key)))
+    graphdefs.append(graphdef)
+    return state
+
+  stacked = jax.vmap(init_layer)(jax.random.split(rngs.params(), cfg.num_layers))
+  stacked = jax.tree.map(
+      lambda v: v.replace(logical_axes=("layers",) + v.get_metadata("logical_axes")),
+      stacked, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdefs[0], stacked)
+
+
+def default_positions(input_shape, attention_mask_bt=None, segment_ids_bt=None) -> jax.Array:
+  """Positions restart at 0 in every packed segment and skip left padding."""
+  batch, length = input_shape
+  index_bt = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  if segment_ids_bt is not None:
+    is_start = jnp.concatenate(
+        [jnp.ones((batch, 1), bool), segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=1)
+    start_bt = jax.lax.cummax(jnp.where(is_start, index_bt, 0), axis=1)
+    return index_bt - start_bt
+  if attention_mask_bt is not None:
+    return jnp.maximum(jnp.cumsum(attention_mask_bt.astype(jnp.int32), axis=1) - 1, 0)
+  return index_bt
+
+
+def padding_and_segment_mask(attention_mask_bt=None, segment_ids_bt=None):
+  """[batch, 1, query, key] booleans: the key is real and in the query's segment.
+
+  Returns None when neither input is given (plain causal attention). Segment
+  id 0 marks padding in a packed row.
+  """
+  mask_b1ts = None
+  if attention_mask_bt is not None:
+    mask_b1ts = attention_mask_bt.astype(bool)[:, None, None, :]
+  if segment_ids_bt is not None:
+    same_segment = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+    same_segment &= (segment_ids_bt != 0)[:, None, :]
+    mask_b1ts = same_segment[:, None] if mask_b1ts is None else mask_b1ts & same_segment[:, None]
+  return mask_b1ts
+
+
+class Transformer(nnx.Module):
+  """Decoder-only language model: token ids in, float32 logits out."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    dtype = cfg.param_jnp_dtype
+    self.embed = _param(rngs, init, (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"), dtype)
+    if cfg.positions == "learned":
+      self.pos_embed = _param(rngs, init, (cfg.max_positions, cfg.embed_dim),
+                              ("positions", "embed"), dtype)
+    self.layers = stacked_blocks(cfg, rngs)
+    self.final_norm = Norm(cfg, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, init, (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"), dtype)
+
+  def embed_tokens(self, input_ids_bt: jax.Array) -> jax.Array:
+    """Token embeddings, [batch, length, embed], in the compute dtype.
+
+    This is where NEFTune adds its noise: on the token embeddings, before the
+    learned positions of GPT-2 are added.
+    """
+    x_btd = jnp.take(self.embed[...], input_ids_bt, axis=0).astype(self.config.compute_jnp_dtype)
+    return sharding.constrain(x_btd, ("batch", "length", "embed"))
+
+  def __call__(self, input_ids=None, attention_mask=None, segment_ids=None, positions=None,
+               *, embeddings=None) -> jax.Array:
+    """Logits [batch, length, vocab] in float32.
+
+    Args:
+      input_ids: [batch, length] token ids (or pass `embeddings` instead).
+      attention_mask: [batch, length], 1 for real tokens, 0 for padding.
+      segment_ids: [batch, length] packed-sequence ids; a token attends only
+        within its own segment, and 0 marks padding.
+      positions: [batch, length]; by default they restart in every segment.
+      embeddings: [batch, length, embed] token embeddings from `embed_tokens`,
+        possibly with noise added.
+    """
+    cfg = self.config
+    x_btd = self.embed_tokens(input_ids) if embeddings is None else embeddings
+    x_btd = x_btd.astype(cfg.compute_jnp_dtype)
+    if positions is None:
+      positions = default_positions(x_btd.shape[:2], attention_mask, segment_ids)
+    if cfg.positions == "learned":
+      x_btd = x_btd + jnp.take(self.pos_embed[...], positions, axis=0).astype(x_btd.dtype)
+    rotary = None
+    if cfg.positions == "rope":
+      rotary = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, x_btd.dtype)
+    mask_b1ts = padding_and_segment_mask(attention_mask, segment_ids)
+    x_btd = self._run_layers(x_btd, rotary, mask_b1ts)
+    x_btd = self.final_norm(x_btd)
+    head_vd = self.embed if cfg.tie_embeddings else self.lm_head
+    logits_btv = jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
+                            preferred_element_type=jnp.float32)
+    return sharding.constrain(logits_btv, ("batch", "length", "vocab"))
+
+  def _run_layers(self, x_btd, rotary, mask_b1ts):
+    cfg = self.config
+    graphdef, stacked = nnx.split(self.layers)
+
+    def layer(x_btd, params):
+      return nnx.merge(graphdef, params)(x_btd, rotary, mask_b1ts), None
+
+    if cfg.remat != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      x_btd, _ = jax.lax.scan(layer, x_btd, stacked)
+    else:
+      for i in range(cfg.num_layers):
+        x_btd, _ = layer(x_btd, jax.tree.map(lambda p: p[i], stacked))
+    return x_btd

@@ -1,0 +1,116 @@
+"""Logical axis names -> mesh axes.
+
+Models name the dimensions of their parameters and activations with logical
+names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `layers`,
+`batch`, `length`, ...). A list of rules, kept in the config, maps each name to
+mesh axes; the first rule whose mesh axes are still free and divide the
+dimension wins, and a name with no usable rule is replicated. Mesh axes of size
+1 are left out of the specs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# (logical name, mesh axis or axes or None), in priority order.
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DEFAULT_RULES: tuple = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("length", None),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    ("positions", None),
+)
+
+
+def _as_tuple(mesh_axes) -> tuple[str, ...]:
+  if mesh_axes is None:
+    return ()
+  return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+  """The PartitionSpec for dimensions named `logical_axes`.
+
+  With `shape` and `mesh`, a rule is skipped when its mesh axes do not divide
+  the dimension (e.g. 2 kv heads on a tensor axis of 8), so that dimension
+  falls to the next rule or is replicated.
+  """
+  used: set[str] = set()
+  spec = []
+  for dim, name in enumerate(logical_axes):
+    chosen = None
+    for rule_name, mesh_axes in rules:
+      if rule_name != name:
+        continue
+      axes = _as_tuple(mesh_axes)
+      if mesh is not None:  # axes of size 1 (or absent) split nothing: leave them out
+        axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+      if any(a in used for a in axes):
+        continue
+      if shape is not None and mesh is not None:
+        if shape[dim] % math.prod(mesh.shape[a] for a in axes):
+          continue
+      chosen = axes
+      break
+    if chosen:
+      used.update(chosen)
+      spec.append(chosen[0] if len(chosen) == 1 else chosen)
+    else:
+      spec.append(None)
+  return PartitionSpec(*spec)
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state, mesh: Mesh, rules: Rules):
+  """NamedShardings for an NNX state (abstract or concrete), from `logical_axes`."""
+
+  def sharding_of(variable):
+    axes = variable.get_metadata("logical_axes", None)
+    shape = variable.get_value().shape
+    if axes is None:
+      axes = (None,) * len(shape)
+    return variable.replace(NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh)))
+
+  return jax.tree.map(sharding_of, state, is_leaf=_is_variable)
+
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("neft_jax_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules: Rules):
+  """Within this context, `constrain` pins activations to the mesh."""
+  token = _ACTIVE.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """with_sharding_constraint by logical names; a no-op outside `activation_rules`."""
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  spec = logical_to_spec(logical_axes, rules, x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
