@@ -1,0 +1,25 @@
+"""Test set-up: 8 simulated CPU devices, float32 matmuls, and the shared data folder."""
+
+import os
+
+# No test may reach the network: hub look-ups fail at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Before any backend starts: sharding tests need several devices.
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_default_matmul_precision", "highest")
+
+SHARED_DATA = os.environ.get(
+    "NEFT_JAX_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def shared_data(*parts: str) -> str:
+  """A path under the shared data folder; skips the test where it is absent."""
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f"{path} not found: set NEFT_JAX_SHARED_DATA to the shared data folder "
+                "(real tokenizers and Alpaca data) to run this test")
+  return path
