@@ -1,0 +1,1 @@
+"""Instruction data: sources, prompt templates, tokenization, batching."""
