@@ -19,6 +19,8 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from neft_jax.errors import UserError
+
 # (logical name, mesh axis or axes or None), in priority order.
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -76,21 +78,48 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
   return PartitionSpec(*spec)
 
 
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over all devices; one size may be -1 for "the rest"."""
+  devices = jax.devices() if devices is None else devices
+  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+  rest = [name for name, size in sizes.items() if size == -1]
+  if len(rest) > 1:
+    raise UserError(f"only one of mesh.data, mesh.fsdp, mesh.tensor may be -1, got {sizes}")
+  known = math.prod(size for size in sizes.values() if size != -1)
+  if any(size == 0 or size < -1 for size in sizes.values()) or len(devices) % known:
+    raise UserError(f"mesh sizes {sizes} do not divide the {len(devices)} devices")
+  if rest:
+    sizes[rest[0]] = len(devices) // known
+  if math.prod(sizes.values()) != len(devices):
+    raise UserError(f"mesh sizes {sizes} use {math.prod(sizes.values())} devices, but there are "
+                    f"{len(devices)}; set one of mesh.data, mesh.fsdp, mesh.tensor to -1")
+  shape = tuple(sizes[name] for name in MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
 def _is_variable(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def state_shardings(state, mesh: Mesh, rules: Rules):
-  """NamedShardings for an NNX state (abstract or concrete), from `logical_axes`."""
+def tree_shardings(tree, mesh: Mesh, rules: Rules):
+  """NamedShardings for any pytree of arrays or NNX Variables (abstract or concrete).
 
-  def sharding_of(variable):
-    axes = variable.get_metadata("logical_axes", None)
-    shape = variable.get_value().shape
-    if axes is None:
-      axes = (None,) * len(shape)
-    return variable.replace(NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh)))
+  A Variable is placed by its `logical_axes` metadata (so optimizer moments
+  follow their parameters); any other leaf (a step counter, a key) is
+  replicated.
+  """
+  def sharding_of(leaf):
+    if not _is_variable(leaf):
+      return NamedSharding(mesh, PartitionSpec())
+    shape = leaf.get_value().shape
+    axes = leaf.get_metadata("logical_axes", None) or (None,) * len(shape)
+    return leaf.replace(NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh)))
 
-  return jax.tree.map(sharding_of, state, is_leaf=_is_variable)
+  return jax.tree.map(sharding_of, tree, is_leaf=_is_variable)
 
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("neft_jax_sharding", default=None)

@@ -219,7 +219,7 @@ def load_hf(path: str, *, param_dtype="float32", dtype=None, mesh: Mesh | None =
   family = FAMILIES[cfg.family]
   graphdef, abstract_state = abstract_model(cfg)
   if mesh is not None:
-    shardings = sharding_lib.state_shardings(abstract_state, mesh, rules or sharding_lib.DEFAULT_RULES)
+    shardings = sharding_lib.tree_shardings(abstract_state, mesh, rules or sharding_lib.DEFAULT_RULES)
   else:
     single = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: single, abstract_state)

@@ -1,0 +1,66 @@
+"""Orbax checkpoints of a run: train state, root key and data position.
+
+Saves are asynchronous (training continues while arrays are written) and
+collective across processes. `restore_latest` resumes from the newest
+checkpoint that restores; a partial or corrupt one is skipped with a warning.
+Orbax writes each step to a temporary folder and renames it when complete, so
+an interrupted save never looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, root_key: jax.Array, data_state: dict) -> None:
+    """Starts saving (returns before the arrays are on disk when async)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"train": state, "root_key": jax.random.key_data(root_key)}),
+        meta=ocp.args.JsonSave({"step": int(step), "data": data_state})), force=True)
+
+  def restore_latest(self, abstract_state, root_key: jax.Array):
+    """(state, root_key, data_state) of the newest good checkpoint, or None.
+
+    `abstract_state` gives the shapes, dtypes and shardings to restore into,
+    so a checkpoint restores onto whatever mesh the run now has.
+    """
+    abstract_key = jax.eval_shape(lambda: jax.random.key_data(root_key))
+    target = {"train": abstract_state, "root_key": abstract_key}
+    for step in reversed(self.steps()):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # partial or corrupt: fall back to the one before
+        logging.warning("checkpoint %d in %s could not be restored (%s: %s); trying an older one",
+                        step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        continue
+      # From host memory, so the key is not tied to one device.
+      key = jax.random.wrap_key_data(np.asarray(restored.state["root_key"]),
+                                     impl=jax.random.key_impl(root_key))
+      return restored.state["train"], key, restored.meta["data"]
+    return None
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

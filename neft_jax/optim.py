@@ -1,0 +1,51 @@
+"""The optimizer: global-norm clipping, then AdamW on a warmup + decay schedule.
+
+Weight decay (when not 0) applies to matrices only, not to norm scales and
+biases. Optimizer moments are float32 whatever the parameter dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from neft_jax.errors import UserError
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup over warmup_ratio of the steps, then cosine or linear decay to 0."""
+  peak = config.learning_rate
+  warmup = int(round(config.warmup_ratio * total_steps))
+  if config.schedule not in SCHEDULES:
+    raise UserError(f"optim.schedule={config.schedule!r} is not one of {list(SCHEDULES)}")
+  if config.schedule == "constant":
+    decay = optax.constant_schedule(peak)
+  elif config.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1))
+  else:
+    decay = optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+  """True for kernels and embeddings; False for norm scales and biases."""
+  def decays(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return names[-1] not in ("scale", "bias")
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def optimizer(config: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  lr = schedule(config, total_steps)
+  chain = []
+  if config.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  chain.append(optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=jnp.float32,
+                           weight_decay=config.weight_decay, mask=_decay_mask))
+  return optax.chain(*chain), lr

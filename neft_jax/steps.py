@@ -1,0 +1,118 @@
+"""The jitted steps: pure functions of the state, a batch and a key.
+
+    train_step(state, batch, key) -> (state, metrics)
+    eval_step(params, batch) -> sums of loss, response tokens and correct tokens
+
+A batch holds `input_ids`, `segment_ids` (0 on padding, 1, 2, ... per packed
+example) and `loss_mask` (True on response tokens), each [accum, rows, length]
+for training (gradient accumulation scans the first axis) and [rows, length]
+for evaluation. The loss is the mean over the response tokens of the whole
+accumulated batch. NEFTune noise is drawn only in the train step, from
+fold_in(fold_in(key, step), micro_batch), so a resumed run draws the same noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from neft_jax import neftune
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: nnx.State
+  opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+  """NEFTune settings; alpha=0 switches the noise off at trace time."""
+  alpha: float = 0.0
+  distribution: str = "uniform"
+
+
+def target_mask(batch) -> jax.Array:
+  """[..., length]: position t predicts a response token of its own example at t+1.
+
+  Targets are the inputs shifted left by one; the last position predicts
+  nothing. Kept at full length, so the logits are never sliced (a slice of
+  [batch, length, vocab] logits and its padded gradient cost two copies of them).
+  """
+  segments = batch["segment_ids"]
+  next_segments = jnp.concatenate([segments[..., 1:], jnp.zeros_like(segments[..., :1])], axis=-1)
+  next_is_response = jnp.concatenate(
+      [batch["loss_mask"][..., 1:], jnp.zeros_like(batch["loss_mask"][..., :1])], axis=-1)
+  return next_is_response & (next_segments == segments) & (next_segments != 0)
+
+
+def token_losses(model, batch, *, noise: Noise = Noise(), noise_key=None):
+  """Per-token cross-entropy, the target mask, and whether the argmax is right."""
+  input_ids, segment_ids = batch["input_ids"], batch["segment_ids"]
+  embeddings = model.embed_tokens(input_ids)
+  if noise.alpha:
+    embeddings = neftune.add_noise(embeddings, noise_key, alpha=noise.alpha,
+                                   segment_ids=segment_ids, distribution=noise.distribution)
+  logits_btv = model(embeddings=embeddings, segment_ids=segment_ids)
+  targets_bt = jnp.concatenate([input_ids[:, 1:], input_ids[:, :1]], axis=1)
+  mask_bt = target_mask(batch)
+  losses_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt)
+  correct_bt = (jnp.argmax(logits_btv, axis=-1) == targets_bt) & mask_bt
+  return jnp.where(mask_bt, losses_bt, 0.0), mask_bt, correct_bt
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                    learning_rate: optax.Schedule, noise: Noise):
+  """The train step for a model structure, an optimizer and NEFTune settings."""
+
+  def train_step(state: TrainState, batch, key):
+    total_tokens = jnp.maximum(target_mask(batch).sum(), 1).astype(jnp.float32)
+    step_key = jax.random.fold_in(key, state.step)
+    num_micro = batch["input_ids"].shape[0]
+
+    def micro_step(micro_batch, index):
+      def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+        losses, _, _ = token_losses(model, micro_batch, noise=noise,
+                                    noise_key=jax.random.fold_in(step_key, index))
+        return losses.sum() / total_tokens
+
+      loss, grads = jax.value_and_grad(loss_fn)(state.params)
+      return loss, grads
+
+    if num_micro == 1:
+      losses, grads = micro_step(jax.tree.map(lambda x: x[0], batch), 0)
+    else:
+      def accumulate(grad_sum, inputs):
+        loss, grads = micro_step(*inputs)
+        return jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grad_sum, grads), loss
+
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      grads, losses = jax.lax.scan(accumulate, zeros, (batch, jnp.arange(num_micro)))
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": jnp.sum(losses),
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": learning_rate(state.step),
+        "tokens": (batch["segment_ids"] != 0).sum(),
+        "loss_tokens": total_tokens,
+    }
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef):
+  def eval_step(params, batch):
+    losses, mask, correct = token_losses(nnx.merge(graphdef, params), batch)
+    return {"loss_sum": losses.sum(), "tokens": mask.sum(), "correct": correct.sum()}
+
+  return eval_step
