@@ -1,0 +1,69 @@
+"""Every config key with its default: the base that configs/*.py start from.
+
+A config file returns `base()` with its own values set; `--config.a.b=value`
+overrides any key from the command line (a misspelt key fails).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from neft_jax.sharding import DEFAULT_RULES
+
+
+def base() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = dict(
+      path="",          # Hugging Face checkpoint folder or hub id; holds the tokenizer too
+      tokenizer="",     # another tokenizer folder or hub id (default: model.path)
+      param_dtype="float32",  # parameters (and optimizer moments)
+      dtype="bfloat16",       # compute
+      scan_layers=True,
+      remat="none",     # none | full | dots | dots_no_batch
+      attention="xla",  # xla | cudnn
+  )
+  config.data = dict(
+      path="",          # hub dataset id, or a local .json/.jsonl/.parquet file or folder
+      split="train",    # split of a hub dataset
+      eval_path="",     # held-out data; if empty, data.eval_size records of data.path
+      eval_split="train",
+      eval_size=0.0,    # count (>= 1) or fraction (< 1) of data.path held out for eval
+      template="alpaca",  # alpaca | chat (the tokenizer's chat template)
+      max_length=512,
+      packing=False,
+      fields=dict(instruction="instruction", input="input", output="output"),
+  )
+  config.neftune = dict(
+      alpha=5.0,        # 0 turns the noise off
+      distribution="uniform",  # uniform | gaussian
+  )
+  config.train = dict(
+      steps=0,          # 0: train.epochs passes over the data
+      epochs=3,
+      batch_size=128,   # rows per optimizer step, over all devices and hosts
+      grad_accum_steps=1,
+      log_every=10,
+      eval_every=0,     # 0: evaluate before and after training only
+  )
+  config.optim = dict(
+      learning_rate=5e-5,
+      schedule="cosine",  # cosine | linear | constant, after linear warmup
+      warmup_ratio=0.03,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      grad_clip_norm=1.0,  # 0: no clipping
+  )
+  config.eval = dict(
+      exact_match=False,  # greedy answers compared with the outputs (checkable tasks)
+      exact_match_examples=200,
+      max_new_tokens=32,
+      show_answers=8,
+  )
+  config.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
+  config.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: the rest of the devices
+  config.sharding = dict(rules=DEFAULT_RULES)
+  return config

@@ -1,0 +1,82 @@
+"""The embedded default run (configs/demo.py): everything made locally, no downloads.
+
+`prepare` writes, once per workdir:
+  * a synthetic instruction dataset with exactly checkable answers
+    (train and held-out splits, Alpaca-format JSON);
+  * a byte-level BPE tokenizer trained on that data with `tokenizers`;
+  * a tiny Llama-architecture model initialized from scratch and saved in
+    Hugging Face format, so that training starts through `load_hf` as it
+    would from a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+from flax import nnx
+
+from neft_jax.data import demo_tasks, templates
+from neft_jax.models import ModelConfig, Transformer, save_hf
+
+SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
+
+
+def _write_records(path: str, records) -> None:
+  with open(path, "w") as f:
+    json.dump([dataclasses.asdict(r) for r in records], f, indent=1)
+
+
+def train_tokenizer(texts, vocab_size: int, min_frequency: int):
+  """A byte-level BPE tokenizer that adds <s> in front, as Llama's does.
+
+  Only pairs seen `min_frequency` times merge: the template's words become
+  single tokens while the random task words stay spelled letter by letter.
+  """
+  import tokenizers
+  import transformers
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+  bpe = tokenizers.Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                min_frequency=min_frequency,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  bpe.train_from_iterator(texts, trainer)
+  bos = bpe.token_to_id("<s>")
+  bpe.post_processor = processors.TemplateProcessing(
+      single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def prepare(config: ml_collections.ConfigDict, model_dir: str, data_dir: str, seed: int) -> None:
+  """Writes the demo's data, tokenizer and initial model, unless already there."""
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(model_dir, "config.json")):
+    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(model_dir, exist_ok=True)
+    train = demo_tasks.generate(config.train_examples, seed=seed)
+    held_out = demo_tasks.generate(config.eval_examples, seed=seed + 1)
+    _write_records(os.path.join(data_dir, "train.json"), train)
+    _write_records(os.path.join(data_dir, "eval.json"), held_out)
+    texts = [templates.prompt(r, "alpaca") + r.output for r in train]
+    tokenizer = train_tokenizer(texts, config.vocab_size,
+                                max(2, int(config.min_merge_fraction * len(train))))
+    tokenizer.save_pretrained(model_dir)
+    cfg = ModelConfig(family="llama", vocab_size=len(tokenizer),
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, **config.model)
+    model = Transformer(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(seed), 0)))
+    save_hf(model, model_dir)
+    logging.info("demo: wrote %d train and %d held-out examples, a %d-token tokenizer and a "
+                 "%.2fM-parameter model", len(train), len(held_out), len(tokenizer),
+                 cfg.num_params() / 1e6)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("neft_jax demo assets")

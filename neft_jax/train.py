@@ -1,0 +1,248 @@
+"""The main job: fine-tune a Hugging Face model on instruction data with NEFTune.
+
+    python -m neft_jax.train --config=configs/llama2_alpaca.py --workdir=DIR \\
+        [--config.neftune.alpha=5 --config.train.steps=100 ...]
+
+The same command runs on every host of a multi-host job. The workdir receives
+config.json, metrics.jsonl, tensorboard/ and checkpoints/; a run started again
+on the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
+
+from neft_jax import checkpoint, demo, evaluate, metrics, optim, sharding, steps
+from neft_jax.data import batching, pipeline
+from neft_jax.errors import UserError
+from neft_jax.models import hf_io, load_hf
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
+
+# Purposes of keys derived from the root key (config.seed).
+NOISE_KEY = 1
+
+
+def _resolve(path: str, workdir: str) -> str:
+  """Config paths may say {workdir}."""
+  return path.replace("{workdir}", workdir) if path else path
+
+
+def prepare_workdir(workdir: str) -> str:
+  if not workdir:
+    raise UserError("--workdir is required: where checkpoints, metrics and logs go")
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} cannot be written ({e.strerror}); choose another --workdir") from None
+  return workdir
+
+
+def batch_sharding(mesh, rules, leading_axes: int) -> NamedSharding:
+  """Rows over the batch mesh axes; `leading_axes` unsharded axes in front (accumulation)."""
+  spec = sharding.logical_to_spec(("batch",), rules, mesh=mesh)
+  return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), spec[0], None))
+
+
+def data_parallel_size(mesh, rules) -> int:
+  spec = sharding.logical_to_spec(("batch",), rules, mesh=mesh)[0]
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
+  """Runs (or resumes) the fine-tuning job; returns the eval results and the state.
+
+  `stop_after` ends this run after that many steps in total, with a
+  checkpoint, as a job with a time limit would; running again resumes.
+  """
+  # ---------------------------------------------------------------- workdir, mesh
+  workdir = prepare_workdir(workdir)
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                for name, axes in config.sharding.rules)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
+               jax.process_count())
+
+  # ---------------------------------------------------------------- demo assets
+  model_path = _resolve(config.model.path, workdir)
+  if "demo" in config:
+    demo.prepare(config.demo, model_path, os.path.dirname(_resolve(config.data.path, workdir)),
+                 config.seed)
+  data_config = config.data.copy_and_resolve_references()
+  with data_config.unlocked():
+    data_config.path = _resolve(config.data.path, workdir)
+    data_config.eval_path = _resolve(config.data.eval_path, workdir)
+
+  # ---------------------------------------------------------------- data
+  tokenizer = pipeline.load_tokenizer(_resolve(config.model.tokenizer, workdir) or model_path,
+                                      "model.tokenizer" if config.model.tokenizer else "model.path")
+  train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed)
+  layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
+                                jax.process_index(), jax.process_count())
+  if layout.batch_size % layout.grad_accum_steps:
+    raise UserError(f"train.batch_size={layout.batch_size} is not a multiple of "
+                    f"train.grad_accum_steps={layout.grad_accum_steps}")
+  parallel = data_parallel_size(mesh, rules)
+  if layout.micro_batch_size % parallel:
+    raise UserError(f"train.batch_size={layout.batch_size} / train.grad_accum_steps="
+                    f"{layout.grad_accum_steps} = {layout.micro_batch_size} rows per micro-batch do "
+                    f"not divide over the {parallel} data-parallel devices; use a multiple of {parallel}")
+  train_data = batching.train_data(train_set, max_length=config.data.max_length,
+                                   packing=config.data.packing, seed=config.seed, layout=layout,
+                                   epochs=config.train.epochs, steps=config.train.steps)
+  eval_data = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
+  total_steps = len(train_data)
+  logging.info("train: %d examples (%d cut at max_length, %d dropped) in %d rows, %.0f%% real "
+               "tokens; %d steps (%d per epoch); eval: %d examples", len(train_set),
+               train_set.num_truncated, train_set.num_dropped, train_data.num_rows,
+               100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
+
+  # ---------------------------------------------------------------- model, optimizer, state
+  model_config = hf_io.read_config(hf_io.resolve_checkpoint(model_path)).with_options(
+      param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+      scan_layers=config.model.scan_layers, remat=config.model.remat,
+      attention=config.model.attention)
+  graphdef, abstract_params = hf_io.abstract_model(model_config)
+  optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
+  abstract_state = jax.eval_shape(
+      lambda p: steps.TrainState(jax.numpy.zeros((), jax.numpy.int32), p, optimizer.init(p)),
+      abstract_params)
+  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
+
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  checkpoints = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=config.checkpoint.max_to_keep,
+                                       async_save=config.checkpoint.async_save)
+  root_key = jax.random.key(config.seed)
+  restored = checkpoints.restore_latest(abstract_state, root_key)
+  data_iter = train_data.iterator()
+  if restored is not None:
+    state, root_key, data_state = restored
+    data_iter.set_state(data_state)
+    logging.info("resumed from step %d of %s", int(state.step), checkpoints.directory)
+  else:
+    model = load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
+                    dtype=model_config.dtype, scan_layers=model_config.scan_layers,
+                    remat=model_config.remat, attention=model_config.attention)
+    params = nnx.state(model, nnx.Param)
+    del model
+    opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
+    state = steps.TrainState(jax.device_put(np.int32(0), state_shardings.step), params, opt_state)
+  noise_key = jax.random.fold_in(root_key, NOISE_KEY)
+
+  # ---------------------------------------------------------------- steps
+  noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise),
+                       donate_argnums=0, out_shardings=(state_shardings, None))
+  eval_step = jax.jit(steps.make_eval_step(graphdef))
+  train_sharding, eval_sharding = batch_sharding(mesh, rules, 1), batch_sharding(mesh, rules, 0)
+
+  def global_batch(local, batch_sharding):
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+
+  def run_evals(params, step: int) -> dict:
+    results = {}
+    if len(eval_set):
+      with sharding.activation_rules(mesh, rules):
+        results = evaluate.eval_loss(eval_step, params, eval_data,
+                                     lambda b: global_batch(b, eval_sharding))
+    if config.eval.exact_match and len(eval_set):
+      model = nnx.merge(graphdef, params)
+      score, answers = evaluate.exact_match(
+          model, tokenizer, eval_set.records[: config.eval.exact_match_examples],
+          template=config.data.template, max_new_tokens=config.eval.max_new_tokens)
+      results["eval_exact_match"] = score
+      results["answers"] = answers
+    printable = {k: round(v, 4) for k, v in results.items() if k != "answers"}
+    if is_main and printable:
+      print(f"eval at step {step}: {printable}", flush=True)
+    return results
+
+  # ---------------------------------------------------------------- train loop
+  writer = metrics.MetricsWriter(workdir, enabled=is_main)
+  first_step = int(state.step)
+  before = run_evals(state.params, first_step) if first_step == 0 else {}
+  if before:
+    writer.write(0, {k: v for k, v in before.items() if k != "answers"})
+  from tqdm import tqdm
+  progress = tqdm(total=total_steps, initial=first_step, disable=not is_main, unit="step",
+                  dynamic_ncols=True)
+  pending, interval_start = [], time.perf_counter()
+  last_step = total_steps if stop_after is None else min(stop_after, total_steps)
+  for step in range(first_step, last_step):
+    batch = global_batch(next(data_iter), train_sharding)
+    with sharding.activation_rules(mesh, rules):
+      state, step_metrics = train_step(state, batch, noise_key)
+    pending.append(step_metrics)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == last_step:
+      fetched = jax.device_get(pending)
+      elapsed = time.perf_counter() - interval_start
+      logged = {
+          "loss": np.mean([m["loss"] for m in fetched]),
+          "grad_norm": np.mean([m["grad_norm"] for m in fetched]),
+          "learning_rate": fetched[-1]["learning_rate"],
+          "tokens_per_sec": sum(int(m["tokens"]) for m in fetched) / elapsed,
+      }
+      if config.train.eval_every and done % config.train.eval_every == 0 and done != total_steps:
+        logged |= {k: v for k, v in run_evals(state.params, done).items() if k != "answers"}
+      writer.write(done, logged)
+      progress.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_sec']:.0f}")
+      pending, interval_start = [], time.perf_counter()
+    progress.update(1)
+    if done % config.checkpoint.every_steps == 0 and done != last_step:
+      checkpoints.save(done, state, root_key, data_iter.get_state())
+  progress.close()
+
+  # ---------------------------------------------------------------- final checkpoint, evals
+  if first_step < last_step or not checkpoints.steps():
+    checkpoints.save(last_step, state, root_key, data_iter.get_state())
+  checkpoints.close()
+  after = run_evals(state.params, last_step)
+  writer.write(last_step, {k: v for k, v in after.items() if k != "answers"})
+  writer.close()
+  if is_main and "answers" in after:
+    print("held-out answers after training (expected -> model):")
+    for record, answer in list(zip(eval_set.records, after["answers"]))[: config.eval.show_answers]:
+      print(f"  {record.instruction} {record.input!r}: {record.output!r} -> {answer!r}")
+  return {"before": before, "after": after, "steps": last_step, "state": state}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    train(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
