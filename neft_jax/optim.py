@@ -46,6 +46,10 @@ def optimizer(config: ml_collections.ConfigDict, total_steps: int) -> tuple[opta
   chain = []
   if config.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  chain.append(optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=jnp.float32,
-                           weight_decay=config.weight_decay, mask=_decay_mask))
+  if config.weight_decay:
+    chain.append(optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
+                             mu_dtype=jnp.float32, weight_decay=config.weight_decay,
+                             mask=_decay_mask))
+  else:  # the same update, without a pass that adds 0 * params
+    chain.append(optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=jnp.float32))
   return optax.chain(*chain), lr
