@@ -1,5 +1,9 @@
 """Orbax checkpoints of a run: train state, root key and data position.
 
+The train state is saved with StandardSave (arrays written collectively, each
+process its own shards); the step, the root key's data and the data
+iterator's position go into a small JSON item beside it.
+
 Saves are asynchronous (training continues while arrays are written) and
 collective across processes. `restore_latest` resumes from the newest
 checkpoint that restores; a partial or corrupt one is skipped with a warning.
@@ -29,9 +33,11 @@ class Checkpoints:
 
   def save(self, step: int, state, root_key: jax.Array, data_state: dict) -> None:
     """Starts saving (returns before the arrays are on disk when async)."""
+    key_data = np.asarray(jax.random.key_data(root_key)).tolist()
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"train": state, "root_key": jax.random.key_data(root_key)}),
-        meta=ocp.args.JsonSave({"step": int(step), "data": data_state})), force=True)
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({"step": int(step), "data": data_state, "root_key": key_data})),
+        force=True)
 
   def restore_latest(self, abstract_state, root_key: jax.Array):
     """(state, root_key, data_state) of the newest good checkpoint, or None.
@@ -39,20 +45,17 @@ class Checkpoints:
     `abstract_state` gives the shapes, dtypes and shardings to restore into,
     so a checkpoint restores onto whatever mesh the run now has.
     """
-    abstract_key = jax.eval_shape(lambda: jax.random.key_data(root_key))
-    target = {"train": abstract_state, "root_key": abstract_key}
     for step in reversed(self.steps()):
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
       except Exception as e:  # partial or corrupt: fall back to the one before
         logging.warning("checkpoint %d in %s could not be restored (%s: %s); trying an older one",
                         step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         continue
-      # From host memory, so the key is not tied to one device.
-      key = jax.random.wrap_key_data(np.asarray(restored.state["root_key"]),
+      key = jax.random.wrap_key_data(np.asarray(restored.meta["root_key"], np.uint32),
                                      impl=jax.random.key_impl(root_key))
-      return restored.state["train"], key, restored.meta["data"]
+      return restored.state, key, restored.meta["data"]
     return None
 
   def reached_preemption(self, step: int) -> bool:

@@ -46,6 +46,7 @@ def base() -> ml_collections.ConfigDict:
       grad_accum_steps=1,
       log_every=10,
       eval_every=0,     # 0: evaluate before and after training only
+      peak_tflops=0.0,  # per-device peak for MFU; 0: from the device kind (TPU v4-v6e, H100/H200)
   )
   config.optim = dict(
       learning_rate=5e-5,
@@ -64,6 +65,9 @@ def base() -> ml_collections.ConfigDict:
       show_answers=8,
   )
   config.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
-  config.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: the rest of the devices
+  config.mesh = dict(
+      data=-1, fsdp=1, tensor=1,  # -1: the rest of the devices
+      num_devices=0,  # use only the first N devices of a single process (0: all)
+  )
   config.sharding = dict(rules=DEFAULT_RULES)
   return config

@@ -143,3 +143,21 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   mesh, rules = active
   spec = logical_to_spec(logical_axes, rules, x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def replicated_parameters(shardings, abstract_state, min_bytes: int = 1 << 24) -> list[str]:
+  """Names of parameters of at least `min_bytes` that are whole on every device.
+
+  On a mesh of several devices this is usually an accident (a dimension no
+  rule maps, or one the mesh axes do not divide), and costs memory on every
+  device; the caller warns about each.
+  """
+  found = []
+  flat_shardings = dict(nnx.to_flat_state(shardings))
+  for path, variable in nnx.to_flat_state(abstract_state):
+    value = variable.get_value()
+    sharding = flat_shardings[path].get_value()
+    nbytes = value.size * value.dtype.itemsize
+    if nbytes >= min_bytes and sharding.num_devices > 1 and sharding.is_fully_replicated:
+      found.append(".".join(str(p) for p in path))
+  return found

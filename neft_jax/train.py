@@ -1,21 +1,27 @@
 """The main job: fine-tune a Hugging Face model on instruction data with NEFTune.
 
     python -m neft_jax.train --config=configs/llama2_alpaca.py --workdir=DIR \\
-        [--config.neftune.alpha=5 --config.train.steps=100 ...]
+        [--config.neftune.alpha=5 --config.train.steps=100 ...] [--dry_run]
 
-The same command runs on every host of a multi-host job. The workdir receives
-config.json, metrics.jsonl, tensorboard/ and checkpoints/; a run started again
-on the same workdir resumes from its latest checkpoint.
+The same command runs on every host of a multi-host job (jax.distributed
+starts on TPU slices and SLURM, or with --coordinator_address). The workdir
+receives config.json, metrics.jsonl, tensorboard/ and checkpoints/; a run
+started again on the same workdir resumes from its latest checkpoint, also on
+another mesh. On SIGTERM the processes agree on a step, save and exit 0.
+--dry_run compiles the step for the configured mesh without loading weights
+or data, and reports per-device memory and FLOPs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -23,14 +29,20 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from neft_jax import checkpoint, demo, evaluate, metrics, optim, sharding, steps
+from neft_jax import checkpoint, demo, evaluate, metrics, multihost, optim, sharding, steps
 from neft_jax.data import batching, pipeline
 from neft_jax.errors import UserError
-from neft_jax.models import hf_io, load_hf
+from neft_jax.models import ModelConfig, hf_io, load_hf
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh "
+                             "from abstract state only, report per-device memory and FLOPs, exit.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "jax.distributed coordinator host:port (process 0's).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "jax.distributed process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's jax.distributed index.")
 
 # Purposes of keys derived from the root key (config.seed).
 NOISE_KEY = 1
@@ -56,6 +68,44 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def make_mesh(config: ml_collections.ConfigDict):
+  devices = jax.devices()
+  if config.mesh.num_devices:
+    if jax.process_count() > 1:
+      raise UserError("mesh.num_devices selects devices of a single process; leave it 0 "
+                      "on a multi-process job")
+    devices = devices[: config.mesh.num_devices]
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                for name, axes in config.sharding.rules)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
+               jax.process_count())
+  return mesh, rules
+
+
+def model_config_of(config: ml_collections.ConfigDict, model_path: str, *,
+                    weights: bool = True) -> ModelConfig:
+  folder = hf_io.resolve_checkpoint(model_path, weights=weights)
+  return hf_io.read_config(folder).with_options(
+      param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+      scan_layers=config.model.scan_layers, remat=config.model.remat,
+      attention=config.model.attention)
+
+
+def sharded_abstract_state(model_config: ModelConfig, optimizer, mesh, rules):
+  """(graphdef, abstract TrainState with shardings, the shardings): no memory used."""
+  graphdef, abstract_params = hf_io.abstract_model(model_config)
+  abstract = jax.eval_shape(
+      lambda p: steps.TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
+  shardings = sharding.tree_shardings(abstract, mesh, rules)
+  for name in sharding.replicated_parameters(shardings.params, abstract.params):
+    logging.warning("parameter %s is replicated on all %d devices: no sharding rule splits it "
+                    "(check sharding.rules and the mesh sizes)", name, mesh.size)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return graphdef, abstract, shardings
+
+
 def batch_sharding(mesh, rules, leading_axes: int) -> NamedSharding:
   """Rows over the batch mesh axes; `leading_axes` unsharded axes in front (accumulation)."""
   spec = sharding.logical_to_spec(("batch",), rules, mesh=mesh)
@@ -68,6 +118,17 @@ def data_parallel_size(mesh, rules) -> int:
   return int(np.prod([mesh.shape[a] for a in axes]))
 
 
+def _check_layout(layout: batching.BatchLayout, mesh, rules) -> None:
+  if layout.batch_size % layout.grad_accum_steps:
+    raise UserError(f"train.batch_size={layout.batch_size} is not a multiple of "
+                    f"train.grad_accum_steps={layout.grad_accum_steps}")
+  parallel = data_parallel_size(mesh, rules)
+  if layout.micro_batch_size % parallel:
+    raise UserError(f"train.batch_size={layout.batch_size} / train.grad_accum_steps="
+                    f"{layout.grad_accum_steps} = {layout.micro_batch_size} rows per micro-batch do "
+                    f"not divide over the {parallel} data-parallel devices; use a multiple of {parallel}")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
   """Runs (or resumes) the fine-tuning job; returns the eval results and the state.
 
@@ -77,11 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # ---------------------------------------------------------------- workdir, mesh
   workdir = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-                for name, axes in config.sharding.rules)
-  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
-               jax.process_count())
+  mesh, rules = make_mesh(config)
 
   # ---------------------------------------------------------------- demo assets
   model_path = _resolve(config.model.path, workdir)
@@ -99,14 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed)
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
                                 jax.process_index(), jax.process_count())
-  if layout.batch_size % layout.grad_accum_steps:
-    raise UserError(f"train.batch_size={layout.batch_size} is not a multiple of "
-                    f"train.grad_accum_steps={layout.grad_accum_steps}")
-  parallel = data_parallel_size(mesh, rules)
-  if layout.micro_batch_size % parallel:
-    raise UserError(f"train.batch_size={layout.batch_size} / train.grad_accum_steps="
-                    f"{layout.grad_accum_steps} = {layout.micro_batch_size} rows per micro-batch do "
-                    f"not divide over the {parallel} data-parallel devices; use a multiple of {parallel}")
+  _check_layout(layout, mesh, rules)
   train_data = batching.train_data(train_set, max_length=config.data.max_length,
                                    packing=config.data.packing, seed=config.seed, layout=layout,
                                    epochs=config.train.epochs, steps=config.train.steps)
@@ -118,19 +168,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
 
   # ---------------------------------------------------------------- model, optimizer, state
-  model_config = hf_io.read_config(hf_io.resolve_checkpoint(model_path)).with_options(
-      param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-      scan_layers=config.model.scan_layers, remat=config.model.remat,
-      attention=config.model.attention)
-  graphdef, abstract_params = hf_io.abstract_model(model_config)
+  model_config = model_config_of(config, model_path)
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
-  abstract_state = jax.eval_shape(
-      lambda p: steps.TrainState(jax.numpy.zeros((), jax.numpy.int32), p, optimizer.init(p)),
-      abstract_params)
-  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
-
+  graphdef, abstract_state, state_shardings = sharded_abstract_state(
+      model_config, optimizer, mesh, rules)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -160,6 +201,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                        donate_argnums=0, out_shardings=(state_shardings, None))
   eval_step = jax.jit(steps.make_eval_step(graphdef))
   train_sharding, eval_sharding = batch_sharding(mesh, rules, 1), batch_sharding(mesh, rules, 0)
+  flops_per_token = metrics.train_flops_per_token(model_config, config.data.max_length)
+  peak_flops = metrics.peak_flops_per_device(jax.devices()[0].device_kind, config.train.peak_tflops)
 
   def global_batch(local, batch_sharding):
     return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
@@ -184,6 +227,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   # ---------------------------------------------------------------- train loop
   writer = metrics.MetricsWriter(workdir, enabled=is_main)
+  preemption = multihost.Preemption()
   first_step = int(state.step)
   before = run_evals(state.params, first_step) if first_step == 0 else {}
   if before:
@@ -193,27 +237,35 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                   dynamic_ncols=True)
   pending, interval_start = [], time.perf_counter()
   last_step = total_steps if stop_after is None else min(stop_after, total_steps)
+  preempted = False
   for step in range(first_step, last_step):
     batch = global_batch(next(data_iter), train_sharding)
     with sharding.activation_rules(mesh, rules):
       state, step_metrics = train_step(state, batch, noise_key)
     pending.append(step_metrics)
     done = step + 1
-    if done % config.train.log_every == 0 or done == last_step:
+    preempted = preemption.reached(done)
+    if done % config.train.log_every == 0 or done == last_step or preempted:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
+      row_tokens = len(fetched) * config.train.batch_size * config.data.max_length
       logged = {
           "loss": np.mean([m["loss"] for m in fetched]),
           "grad_norm": np.mean([m["grad_norm"] for m in fetched]),
           "learning_rate": fetched[-1]["learning_rate"],
           "tokens_per_sec": sum(int(m["tokens"]) for m in fetched) / elapsed,
       }
+      if peak_flops:  # every position computed counts, padding included
+        logged["mfu"] = flops_per_token * row_tokens / elapsed / (mesh.size * peak_flops)
       if config.train.eval_every and done % config.train.eval_every == 0 and done != total_steps:
         logged |= {k: v for k, v in run_evals(state.params, done).items() if k != "answers"}
       writer.write(done, logged)
       progress.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_sec']:.0f}")
       pending, interval_start = [], time.perf_counter()
     progress.update(1)
+    if preempted:
+      last_step = done
+      break
     if done % config.checkpoint.every_steps == 0 and done != last_step:
       checkpoints.save(done, state, root_key, data_iter.get_state())
   progress.close()
@@ -222,6 +274,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   if first_step < last_step or not checkpoints.steps():
     checkpoints.save(last_step, state, root_key, data_iter.get_state())
   checkpoints.close()
+  preemption.close()
+  if preempted:
+    writer.close()
+    return {"before": before, "after": {}, "steps": last_step, "state": state, "preempted": True}
   after = run_evals(state.params, last_step)
   writer.write(last_step, {k: v for k, v in after.items() if k != "answers"})
   writer.close()
@@ -229,7 +285,72 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     print("held-out answers after training (expected -> model):")
     for record, answer in list(zip(eval_set.records, after["answers"]))[: config.eval.show_answers]:
       print(f"  {record.instruction} {record.input!r}: {record.output!r} -> {answer!r}")
-  return {"before": before, "after": after, "steps": last_step, "state": state}
+  return {"before": before, "after": after, "steps": last_step, "state": state, "preempted": False}
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+  """Compiles the train step for the configured mesh from abstract state only.
+
+  No weights are loaded and no data is read (only the model's config.json).
+  Returns, per device: bytes of parameters and optimizer state (from their
+  shardings), XLA's argument, output and temporary bytes, and the step's FLOPs.
+  """
+  mesh, rules = make_mesh(config)
+  model_config = model_config_of(config, config.model.path, weights=False)
+  layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps, 0, 1)
+  _check_layout(layout, mesh, rules)
+  steps_for_schedule = config.train.steps or 1000
+  optimizer, learning_rate = optim.optimizer(config.optim, steps_for_schedule)
+  graphdef, abstract_state, _ = sharded_abstract_state(model_config, optimizer, mesh, rules)
+  shape = (layout.grad_accum_steps, layout.micro_batch_size, config.data.max_length)
+  batch_spec = batch_sharding(mesh, rules, 1)
+  abstract_batch = {
+      "input_ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_spec),
+      "segment_ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_spec),
+      "loss_mask": jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=batch_spec),
+  }
+  noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise),
+                       donate_argnums=0)
+  start = time.perf_counter()
+  with sharding.activation_rules(mesh, rules):
+    compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0)).compile()
+  compile_seconds = time.perf_counter() - start
+
+  def per_device_bytes(tree) -> int:
+    return int(sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                   for x in jax.tree.leaves(tree)))
+
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  report = {
+      "mesh": dict(mesh.shape),
+      "parameters": model_config.num_params(),
+      "param_bytes_per_device": per_device_bytes(abstract_state.params),
+      "optimizer_bytes_per_device": per_device_bytes(abstract_state.opt_state),
+      "argument_bytes_per_device": int(memory.argument_size_in_bytes),
+      "output_bytes_per_device": int(memory.output_size_in_bytes),
+      "temp_bytes_per_device": int(memory.temp_size_in_bytes),
+      "alias_bytes_per_device": int(memory.alias_size_in_bytes),
+      "peak_bytes_per_device": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                   - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+      "step_flops_per_device": float(cost.get("flops", 0.0)),
+      "model_flops_per_step": metrics.train_flops_per_token(model_config, config.data.max_length)
+                              * config.train.batch_size * config.data.max_length,
+      "compile_seconds": round(compile_seconds, 1),
+  }
+  if jax.process_index() == 0:
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    print(f"dry run: {model_config.family}, {model_config.num_params() / 1e9:.2f}B parameters, "
+          f"mesh {report['mesh']}, batch {shape}")
+    print(f"  per device: parameters {gib(report['param_bytes_per_device'])}, optimizer state "
+          f"{gib(report['optimizer_bytes_per_device'])}, temporaries "
+          f"{gib(report['temp_bytes_per_device'])}, peak {gib(report['peak_bytes_per_device'])}")
+    print(f"  step FLOPs per device {report['step_flops_per_device']:.3e} "
+          f"(model FLOPs per step {report['model_flops_per_step']:.3e})")
+    print(json.dumps(report))
+  return report
 
 
 def main(argv):
@@ -237,7 +358,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
   try:
-    train(_CONFIG.value, _WORKDIR.value)
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    # From here on, process 0 reports; the others speak only of problems.
+    logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+    if _DRY_RUN.value:
+      dry_run(_CONFIG.value)
+    else:
+      train(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -25,6 +25,7 @@ def shrunk_config(assets, **changes):
   config.train.steps, config.train.batch_size, config.train.log_every = 6, 8, 1
   config.checkpoint.every_steps = 3
   config.eval.exact_match_examples, config.eval.max_new_tokens = 8, 3
+  config.train.peak_tflops = 0.05  # a made-up CPU peak, so MFU is logged
   for key, value in changes.items():
     section, name = key.split("__")
     setattr(config[section], name, value)
@@ -55,8 +56,8 @@ def test_shrunk_demo_writes_metrics_config_tensorboard_checkpoints(straight_run)
   step_lines = [l for l in lines if "loss" in l]
   assert [l["step"] for l in step_lines] == [1, 2, 3, 4, 5, 6]
   for line in step_lines:
-    assert {"loss", "learning_rate", "grad_norm", "tokens_per_sec"} <= set(line)
-    assert np.isfinite(line["loss"]) and line["tokens_per_sec"] > 0
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_sec", "mfu"} <= set(line)
+    assert np.isfinite(line["loss"]) and line["tokens_per_sec"] > 0 and line["mfu"] > 0
   evals = [l for l in lines if "eval_loss" in l]
   assert [l["step"] for l in evals] == [0, 6]
   assert {"eval_token_accuracy", "eval_exact_match"} <= set(evals[0])

@@ -43,8 +43,9 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 # Reading the config --------------------------------------------------------------
 
-def resolve_checkpoint(path: str) -> str:
-  """A local folder, or a hub id downloaded (config and weights only) into the HF cache."""
+def resolve_checkpoint(path: str, *, weights: bool = True) -> str:
+  """A local folder, or a hub id downloaded (config and weights only, or with
+  weights=False the config alone) into the Hugging Face cache."""
   path = os.fspath(path)
   if os.path.isdir(path):
     return path
@@ -54,6 +55,8 @@ def resolve_checkpoint(path: str) -> str:
     raise UserError(f"{path} does not exist; give a local checkpoint folder or a hub id like 'gpt2'")
   try:
     import huggingface_hub
+    if not weights:
+      return huggingface_hub.snapshot_download(path, allow_patterns=[CONFIG_FILE])
     folder = huggingface_hub.snapshot_download(
         path, allow_patterns=[CONFIG_FILE, "*.safetensors", "*.safetensors.index.json"])
     if not any(f.endswith(".safetensors") for f in os.listdir(folder)):
