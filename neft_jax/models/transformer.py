@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -109,19 +110,33 @@ class Attention(nnx.Module):
     self.scale = cfg.attention_scale
     self.implementation = cfg.attention
 
-  def __call__(self, x_btd: jax.Array, rotary, mask_b1ts: jax.Array | None) -> jax.Array:
-    q_btnh, k_bskh, v_bskh = self.query(x_btd), self.key(x_btd), self.value(x_btd)
+  def __call__(self, x_btd: jax.Array, rotary, mask_b1ts: jax.Array | None, kv=None,
+               cache_index=None):
+    """Attention output; with a layer's (keys, values) cache, also the updated cache.
+
+    Without a cache, attention is causal over the input, and `mask_b1ts` only
+    removes padding and other packed segments. With one, the new keys and
+    values are written at slot `cache_index` and the queries attend to every
+    slot that `mask_b1ts` allows (it then carries the causal part too).
+    """
+    q_btnh, k_btkh, v_btkh = self.query(x_btd), self.key(x_btd), self.value(x_btd)
     if self.use_rope:
-      q_btnh, k_bskh = apply_rotary(q_btnh, *rotary), apply_rotary(k_bskh, *rotary)
+      q_btnh, k_btkh = apply_rotary(q_btnh, *rotary), apply_rotary(k_btkh, *rotary)
     q_btnh = sharding.constrain(q_btnh, ("batch", "length", "heads", "head_dim"))
+    if kv is None:
+      k_bskh, v_bskh = k_btkh, v_btkh
+    else:  # [batch, slots, kv_heads, head_dim]
+      k_bskh = jax.lax.dynamic_update_slice_in_dim(kv[0], k_btkh.astype(kv[0].dtype), cache_index, 1)
+      v_bskh = jax.lax.dynamic_update_slice_in_dim(kv[1], v_btkh.astype(kv[1].dtype), cache_index, 1)
     k_bskh = sharding.constrain(k_bskh, ("batch", "length", "kv_heads", "head_dim"))
     v_bskh = sharding.constrain(v_bskh, ("batch", "length", "kv_heads", "head_dim"))
-    # Causal masking comes from is_causal (cuDNN then skips the masked blocks);
-    # the mask only removes padding and other packed segments.
+    # Without a cache, causal masking comes from is_causal (cuDNN then skips the
+    # masked blocks).
     encoded_btnh = jax.nn.dot_product_attention(
-        q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=self.scale, is_causal=True,
-        implementation=self.implementation)
-    return self.out(encoded_btnh)
+        q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), mask=mask_b1ts,
+        scale=self.scale, is_causal=kv is None, implementation=self.implementation)
+    out_btd = self.out(encoded_btnh)
+    return out_btd if kv is None else (out_btd, (k_bskh, v_bskh))
 
 
 class MLP(nnx.Module):
@@ -159,10 +174,14 @@ class Block(nnx.Module):
     self.mlp_norm = Norm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, rotary, mask_b1ts):
-    x_btd = x_btd + self.attn(self.attn_norm(x_btd), rotary, mask_b1ts)
+  def __call__(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None):
+    attended = self.attn(self.attn_norm(x_btd), rotary, mask_b1ts, kv, cache_index)
+    if kv is not None:
+      attended, kv = attended
+    x_btd = x_btd + attended
     x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
-    return sharding.constrain(x_btd, ("batch", "length", "embed"))
+    x_btd = sharding.constrain(x_btd, ("batch", "length", "embed"))
+    return x_btd if kv is None else (x_btd, kv)
 
 
 def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -212,6 +231,35 @@ def padding_and_segment_mask(attention_mask_bt=None, segment_ids_bt=None):
   return mask_b1ts
 
 
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for decoding, in `slots` positions per row.
+
+  Rows are aligned: slot i holds the i-th token of every row (prompts are
+  left-padded), and `valid` says which slots hold a real token.
+  """
+  key: jax.Array  # [layers, batch, slots, kv_heads, head_dim]
+  value: jax.Array
+  valid: jax.Array  # [batch, slots] bool
+  index: jax.Array  # int32 scalar: the next slot to write
+
+  @classmethod
+  def empty(cls, cfg: ModelConfig, batch: int, slots: int) -> "KVCache":
+    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    return cls(jnp.zeros(shape, cfg.compute_jnp_dtype), jnp.zeros(shape, cfg.compute_jnp_dtype),
+               jnp.zeros((batch, slots), bool), jnp.zeros((), jnp.int32))
+
+
+def cache_mask(cache: KVCache, new_valid_bt: jax.Array):
+  """(updated valid slots, [batch, 1, new, slots] mask): real keys up to each query's slot."""
+  length = new_valid_bt.shape[1]
+  valid_bs = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid_bt, cache.index, axis=1)
+  query_slots_t = cache.index + jnp.arange(length)
+  key_slots_s = jnp.arange(valid_bs.shape[1])
+  causal_ts = key_slots_s[None, :] <= query_slots_t[:, None]
+  return valid_bs, valid_bs[:, None, None, :] & causal_ts[None, None]
+
+
 class Transformer(nnx.Module):
   """Decoder-only language model: token ids in, float32 logits out."""
 
@@ -238,8 +286,8 @@ class Transformer(nnx.Module):
     return sharding.constrain(x_btd, ("batch", "length", "embed"))
 
   def __call__(self, input_ids=None, attention_mask=None, segment_ids=None, positions=None,
-               *, embeddings=None) -> jax.Array:
-    """Logits [batch, length, vocab] in float32.
+               *, embeddings=None, cache: KVCache | None = None):
+    """Logits [batch, length, vocab] in float32 (and the updated cache, if given one).
 
     Args:
       input_ids: [batch, length] token ids (or pass `embeddings` instead).
@@ -249,6 +297,10 @@ class Transformer(nnx.Module):
       positions: [batch, length]; by default they restart in every segment.
       embeddings: [batch, length, embed] token embeddings from `embed_tokens`,
         possibly with noise added.
+      cache: keys and values of earlier tokens (see `neft_jax.generate`): the
+        input continues the cache's rows at slot `cache.index`; then pass
+        `positions`, and `attention_mask` marks which new tokens are real.
+        Returns (logits, cache).
     """
     cfg = self.config
     x_btd = self.embed_tokens(input_ids) if embeddings is None else embeddings
@@ -260,26 +312,45 @@ class Transformer(nnx.Module):
     rotary = None
     if cfg.positions == "rope":
       rotary = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, x_btd.dtype)
-    mask_b1ts = padding_and_segment_mask(attention_mask, segment_ids)
-    x_btd = self._run_layers(x_btd, rotary, mask_b1ts)
+    if cache is None:
+      mask_b1ts = padding_and_segment_mask(attention_mask, segment_ids)
+      x_btd, _ = self._run_layers(x_btd, rotary, mask_b1ts)
+    else:
+      new_valid_bt = (jnp.ones(x_btd.shape[:2], bool) if attention_mask is None
+                      else attention_mask.astype(bool))
+      valid_bs, mask_b1ts = cache_mask(cache, new_valid_bt)
+      x_btd, (keys, values) = self._run_layers(x_btd, rotary, mask_b1ts,
+                                               (cache.key, cache.value), cache.index)
+      cache = KVCache(keys, values, valid_bs, cache.index + x_btd.shape[1])
     x_btd = self.final_norm(x_btd)
     head_vd = self.embed if cfg.tie_embeddings else self.lm_head
     logits_btv = jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
                             preferred_element_type=jnp.float32)
-    return sharding.constrain(logits_btv, ("batch", "length", "vocab"))
+    logits_btv = sharding.constrain(logits_btv, ("batch", "length", "vocab"))
+    return logits_btv if cache is None else (logits_btv, cache)
 
-  def _run_layers(self, x_btd, rotary, mask_b1ts):
+  def _run_layers(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None):
+    """The blocks over x, scanned or unrolled; with (keys, values) stacked over
+    layers, also the updated stack."""
     cfg = self.config
     graphdef, stacked = nnx.split(self.layers)
 
-    def layer(x_btd, params):
-      return nnx.merge(graphdef, params)(x_btd, rotary, mask_b1ts), None
+    def layer(x_btd, params_and_kv):
+      params, layer_kv = params_and_kv
+      block = nnx.merge(graphdef, params)
+      if layer_kv is None:
+        return block(x_btd, rotary, mask_b1ts), None
+      return block(x_btd, rotary, mask_b1ts, layer_kv, cache_index)
 
     if cfg.remat != "none":
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      x_btd, _ = jax.lax.scan(layer, x_btd, stacked)
-    else:
-      for i in range(cfg.num_layers):
-        x_btd, _ = layer(x_btd, jax.tree.map(lambda p: p[i], stacked))
-    return x_btd
+      return jax.lax.scan(layer, x_btd, (stacked, kv))
+    new_kv = []
+    for i in range(cfg.num_layers):
+      layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+      x_btd, updated = layer(x_btd, (jax.tree.map(lambda p: p[i], stacked), layer_kv))
+      new_kv.append(updated)
+    if kv is None:
+      return x_btd, None
+    return x_btd, (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))
