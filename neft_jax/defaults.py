@@ -60,9 +60,20 @@ def base() -> ml_collections.ConfigDict:
   )
   config.eval = dict(
       exact_match=False,  # greedy answers compared with the outputs (checkable tasks)
-      exact_match_examples=200,
+      exact_match_examples=200,  # also: held-out prompts generated for by neft_jax.evaluate
       max_new_tokens=32,
       show_answers=8,
+      metrics_prefix_tokens=128,  # whitespace tokens of each answer for repetition/diversity
+  )
+  config.generate = dict(  # neft_jax.evaluate; the NEFTune paper decoded greedily with penalty 1.2
+      max_new_tokens=512,
+      temperature=0.0,  # 0: greedy
+      top_k=0,          # 0: off
+      top_p=1.0,
+      repetition_penalty=1.2,
+      batch_size=16,
+      seed=0,
+      truncate_prompts=False,  # cut over-long prompts from the left instead of failing
   )
   config.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
   config.mesh = dict(

@@ -34,15 +34,17 @@ from neft_jax.data import batching, pipeline
 from neft_jax.errors import UserError
 from neft_jax.models import ModelConfig, hf_io, load_hf
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh "
-                             "from abstract state only, report per-device memory and FLOPs, exit.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "jax.distributed coordinator host:port (process 0's).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "jax.distributed process count.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's jax.distributed index.")
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so importing is free)."""
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
+  flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh from "
+                    "abstract state only, report per-device memory and FLOPs, exit.")
+  flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port.")
+  flags.DEFINE_integer("num_processes", None, "jax.distributed process count.")
+  flags.DEFINE_integer("process_id", None, "This process's jax.distributed index.")
+  flags.mark_flags_as_required(["config"])
 
 # Purposes of keys derived from the root key (config.seed).
 NOISE_KEY = 1
@@ -357,19 +359,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
+  FLAGS = flags.FLAGS
   try:
-    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     # From here on, process 0 reports; the others speak only of problems.
     logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    if _DRY_RUN.value:
-      dry_run(_CONFIG.value)
+    if FLAGS.dry_run:
+      dry_run(FLAGS.config)
     else:
-      train(_CONFIG.value, _WORKDIR.value)
+      train(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   app.run(main)

@@ -81,7 +81,7 @@ def test_stopped_and_resumed_run_matches_straight_run(straight_run, assets, tmp_
 def test_corrupt_latest_checkpoint_is_skipped(straight_run, tmp_path, caplog):
   straight_dir, result = straight_run
   shutil.copytree(straight_dir / "checkpoints", tmp_path / "checkpoints")
-  state_dir = tmp_path / "checkpoints" / "6" / "state"
+  state_dir = tmp_path / "checkpoints" / "6" / "params"
   for root, _, files in os.walk(state_dir):  # damage every data file of step 6
     for name in files:
       if "manifest" in name or name.startswith("d") or "ocdbt" in root:

@@ -1,0 +1,93 @@
+"""Export a training run's parameters as a Hugging Face checkpoint folder.
+
+    python -m neft_jax.export --workdir=DIR --out=HF_DIR [--step=N] [--dtype=bfloat16] [--overwrite]
+
+Writes config.json, safetensors (sharded above 5 GB), generation_config.json
+and the tokenizer's files, which transformers, vLLM, lm-evaluation-harness and
+AlpacaEval read. The run's config comes from --config or its config.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from neft_jax import checkpoint
+from neft_jax.errors import UserError
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so importing is free)."""
+  config_flags.DEFINE_config_file("config", None, "The run's config (default: its config.json).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  flags.DEFINE_string("out", None, "The Hugging Face folder to write.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                    "dtype of the saved weights (default: the parameters').")
+  flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --out.")
+
+
+def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+  if not out_dir:
+    raise UserError("--out is required: the Hugging Face folder to write")
+  if os.path.isfile(out_dir):
+    raise UserError(f"--out={out_dir} is a file; give a folder")
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if not overwrite:
+      raise UserError(f"--out={out_dir} exists and is not empty; choose another folder or pass "
+                      "--overwrite to replace its contents")
+    shutil.rmtree(out_dir)
+
+
+def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
+           overwrite: bool = False) -> dict:
+  """Writes the run's parameters at `step` (default: latest) as a Hugging Face folder."""
+  import transformers
+
+  from neft_jax import train
+  from neft_jax.data import pipeline
+  from neft_jax.models import save_hf
+
+  if not workdir or not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} is not a folder; point it at a training run")
+  workdir = os.path.abspath(workdir)
+  config = checkpoint.run_config(workdir, config)
+  prepare_out_dir(out_dir, overwrite)  # before any work, and before anything is written
+  mesh, rules = train.make_mesh(config)
+  model, step = checkpoint.trained_model(workdir, config, mesh, rules, step)
+  tokenizer_path = (config.model.tokenizer or config.model.path).replace("{workdir}", workdir)
+  tokenizer = pipeline.load_tokenizer(tokenizer_path)
+  written = save_hf(model, out_dir, dtype=dtype)
+  if jax.process_index() == 0:
+    tokenizer.save_pretrained(out_dir)
+    cfg = model.config
+    transformers.GenerationConfig(
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id).save_pretrained(out_dir)
+    print(f"exported step {step} of {workdir} to {out_dir}: {', '.join(written)}")
+  return {"step": step, "files": sorted(os.listdir(out_dir)) if jax.process_index() == 0 else []}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  FLAGS = flags.FLAGS
+  try:
+    export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
+           overwrite=FLAGS.overwrite)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
