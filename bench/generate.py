@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
+import harness
+
 SEED = 0
-RESULT_PREFIX = "RESULT "
 
 
 def prompts_for(args) -> list[list[int]]:
@@ -101,13 +100,10 @@ WORKERS = {"ours": ours_worker, "hf": hf_worker}
 
 
 def run_worker(which: str, argv: list[str]) -> dict:
-  env = os.environ | {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-  out = subprocess.run([sys.executable, __file__, "--worker", which, *argv], env=env,
-                       capture_output=True, text=True)
-  lines = [l for l in out.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
-  if out.returncode or not lines:
-    raise SystemExit(f"the {which} worker failed:\n{out.stderr[-3000:]}")
-  return json.loads(lines[-1][len(RESULT_PREFIX):])
+  result = harness.run_worker(__file__, which, argv, env={"JAX_PLATFORMS": "cpu"})
+  if result is None:
+    raise SystemExit(f"the {which} worker failed; see above")
+  return result
 
 
 def main():
@@ -125,7 +121,7 @@ def main():
   parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    return print(RESULT_PREFIX + json.dumps(WORKERS[args.worker](args)), flush=True)
+    return harness.print_result(WORKERS[args.worker](args))
 
   with tempfile.TemporaryDirectory() as folder:
     parameters = write_model(args, folder)

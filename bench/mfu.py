@@ -69,10 +69,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import traceback
+
+import harness
 
 NEFTUNE_ALPHA = 5.0
 LEARNING_RATE = 1e-4
@@ -80,7 +80,6 @@ GRAD_CLIP_NORM = 1.0
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 SEED = 0
-RESULT_PREFIX = "RESULT "
 
 PRESETS = {
     # TinyLlama-1.1B's shape: grouped-query attention, 16k tokens a step.
@@ -279,28 +278,6 @@ def ours_worker(args) -> dict:
 
 # --- torch: transformers ---------------------------------------------------
 
-def neftune_hook_for(embedding, alpha: float):
-  """Registers transformers' NEFTune hook as its Trainer does; returns (handle, source).
-
-  Falls back to an equivalent local hook if this transformers lacks it.
-  """
-  try:
-    from transformers.integrations.neftune import neftune_post_forward_hook as hook
-    source = "transformers"
-  except ImportError:
-    import torch
-
-    def hook(module, inputs, output):
-      if not module.training:
-        return output
-      scale = module.neftune_noise_alpha / (output.size(1) * output.size(2)) ** 0.5
-      return output + torch.empty_like(output).uniform_(-scale, scale)
-
-    source = "local"
-  embedding.neftune_noise_alpha = alpha
-  return embedding.register_forward_hook(hook), source
-
-
 def torch_worker(args) -> dict:
   import torch
   import transformers
@@ -334,7 +311,7 @@ def torch_worker(args) -> dict:
     nonlocal hook_source
     handle = None
     if noisy:
-      handle, hook_source = neftune_hook_for(embedding, NEFTUNE_ALPHA)
+      handle, hook_source = harness.neftune_hook_for(embedding, NEFTUNE_ALPHA)
     optimizer.zero_grad(set_to_none=True)
     # float32 weights, bfloat16 matmuls: our param_dtype float32, dtype bfloat16.
     with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -382,35 +359,18 @@ def worker_main(args) -> None:
   except Exception as error:  # noqa: BLE001 -- reported to the driver, traceback to stderr
     traceback.print_exc()
     result = {"error": explain(error, args, args.worker)}
-  print(RESULT_PREFIX + json.dumps(result), flush=True)
+  harness.print_result(result)
 
 
 def run_worker(which: str, argv: list[str]) -> dict:
-  """Runs one framework in a fresh process, echoing its progress lines."""
-  env = os.environ | {"HF_HUB_OFFLINE": "1"}
-  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+  """Runs one framework in a fresh process; its result or an error."""
+  env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")}
   if which == "probe":  # it only asks which device there is
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-  command = [sys.executable, __file__, "--worker", which, *argv]
-  result = None
-  with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as child:
-    for line in child.stdout:
-      if line.startswith(RESULT_PREFIX):
-        result = json.loads(line[len(RESULT_PREFIX):])
-      else:
-        print(f"  [{which}] {line}", end="", flush=True)
+  result = harness.run_worker(__file__, which, argv, env=env)
   if result is None:
-    result = {"error": f"the {which} worker exited with status {child.returncode} "
-                       "and no result; see above"}
+    result = {"error": f"the {which} worker exited with no result; see above"}
   return result
-
-
-def pool(results: list[dict]) -> dict:
-  """One worker result with the timed steps of all rounds."""
-  pooled = dict(results[0])
-  for key in ("noisy_seconds", "clean_seconds"):
-    pooled[key] = [s for r in results for s in r[key]]
-  return pooled
 
 
 def median_or_none(seconds: list[float]) -> float | None:
@@ -586,8 +546,8 @@ def main():
     print(json.dumps({"error": errors["ours"], "preset": args.preset, **model_shape(args),
                       "batch": args.batch, "seq": args.seq, "remat": args.remat}))
     raise SystemExit(1)
-  ours = pool(runs["ours"])
-  torch_run = pool(runs["torch"]) if runs.get("torch") else None
+  ours = harness.pool(runs["ours"])
+  torch_run = harness.pool(runs["torch"]) if runs.get("torch") else None
   if torch_run and (torch_run["device"] == "cuda") != (ours["jax_platform"] == "gpu"):
     print(f"WARNING: ours ran on {ours['jax_platform']} and torch on {torch_run['device']}; "
           "ratio_vs_torch compares different devices", flush=True)

@@ -31,15 +31,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
+
+import harness
 
 NEFTUNE_ALPHA = 5.0
 LEARNING_RATE = 1e-4
 GRAD_CLIP_NORM = 1.0
 SEED = 0
-RESULT_PREFIX = "RESULT "
 
 
 def model_shape(args) -> dict:
@@ -161,28 +160,6 @@ def noise_cost(args, train_steps, state, batch, key) -> dict:
 
 # --- torch: transformers ---------------------------------------------------
 
-def neftune_hook_for(embedding, alpha: float):
-  """Registers transformers' NEFTune hook as its Trainer does; returns (handle, source).
-
-  Falls back to an equivalent local hook if this transformers lacks it.
-  """
-  try:
-    from transformers.integrations.neftune import neftune_post_forward_hook as hook
-    source = "transformers"
-  except ImportError:
-    import torch
-
-    def hook(module, inputs, output):
-      if not module.training:
-        return output
-      scale = module.neftune_noise_alpha / (output.size(1) * output.size(2)) ** 0.5
-      return output + torch.empty_like(output).uniform_(-scale, scale)
-
-    source = "local"
-  embedding.neftune_noise_alpha = alpha
-  return embedding.register_forward_hook(hook), source
-
-
 def torch_worker(args) -> dict:
   import torch
   import transformers
@@ -208,7 +185,7 @@ def torch_worker(args) -> dict:
     nonlocal hook_source
     handle = None
     if noisy:
-      handle, hook_source = neftune_hook_for(embedding, NEFTUNE_ALPHA)
+      handle, hook_source = harness.neftune_hook_for(embedding, NEFTUNE_ALPHA)
     optimizer.zero_grad()
     loss = model(input_ids, labels=input_ids).loss
     loss.backward()
@@ -234,27 +211,10 @@ WORKERS = {"ours": ours_worker, "torch": torch_worker}
 
 
 def run_worker(which: str, argv: list[str]) -> dict:
-  """Runs one framework in a fresh process, echoing its progress lines."""
-  env = os.environ | {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-  command = [sys.executable, __file__, "--worker", which, *argv]
-  result = None
-  with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as child:
-    for line in child.stdout:
-      if line.startswith(RESULT_PREFIX):
-        result = json.loads(line[len(RESULT_PREFIX):])
-      else:
-        print(f"  [{which}] {line}", end="", flush=True)
-  if child.returncode or result is None:
-    raise SystemExit(f"the {which} worker failed (exit status {child.returncode}); see above")
+  result = harness.run_worker(__file__, which, argv, env={"JAX_PLATFORMS": "cpu"})
+  if result is None:
+    raise SystemExit(f"the {which} worker failed; see above")
   return result
-
-
-def pool(results: list[dict]) -> dict:
-  """One worker result with the timed steps of all rounds."""
-  pooled = dict(results[0])
-  for key in ("noisy_seconds", "clean_seconds"):
-    pooled[key] = [s for r in results for s in r[key]]
-  return pooled
 
 
 def tokens_per_sec(args, seconds: list[float]) -> float:
@@ -289,7 +249,7 @@ def parse_args():
 def main():
   args = parse_args()
   if args.worker:
-    return print(RESULT_PREFIX + json.dumps(WORKERS[args.worker](args)), flush=True)
+    return harness.print_result(WORKERS[args.worker](args))
 
   argv = [f"--{name}={value}" for name, value in vars(args).items()
           if name not in ("worker", "rounds")]
@@ -304,7 +264,7 @@ def main():
     for which in order:
       print(f"round {round_index + 1}/{args.rounds}: {which}", flush=True)
       runs[which].append(run_worker(which, argv))
-  ours, torch_run = (pool(runs[which]) for which in ("ours", "torch"))
+  ours, torch_run = (harness.pool(runs[which]) for which in ("ours", "torch"))
 
   ours_tps = tokens_per_sec(args, ours["noisy_seconds"])
   torch_tps = tokens_per_sec(args, torch_run["noisy_seconds"])

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 import jax
 import ml_collections
@@ -36,7 +35,7 @@ from ml_collections import config_flags
 from neft_jax import checkpoint, defaults, response_metrics, sharding
 from neft_jax.data import templates
 from neft_jax.data.sources import Record
-from neft_jax.errors import UserError
+from neft_jax.errors import UserError, one_line_errors
 from neft_jax.generate import generate
 
 
@@ -222,15 +221,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
   FLAGS = flags.FLAGS
-  try:
+  with one_line_errors():
     config = FLAGS.config
     if config is None:
       config = checkpoint.run_config(FLAGS.workdir) if FLAGS.workdir else defaults.base()
     evaluate(config, workdir=FLAGS.workdir, model_path=FLAGS.model, step=FLAGS.step,
              prompts_path=FLAGS.prompts, out_dir=FLAGS.out)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

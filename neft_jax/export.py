@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from neft_jax import checkpoint
-from neft_jax.errors import UserError
+from neft_jax.errors import UserError, one_line_errors
 
 
 def define_flags() -> None:
@@ -80,12 +79,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
   FLAGS = flags.FLAGS
-  try:
+  with one_line_errors():
     export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
            overwrite=FLAGS.overwrite)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 
 import jax
@@ -31,7 +30,7 @@ from ml_collections import config_flags
 
 from neft_jax import checkpoint, demo, evaluate, metrics, multihost, optim, sharding, steps
 from neft_jax.data import batching, pipeline
-from neft_jax.errors import UserError
+from neft_jax.errors import UserError, one_line_errors
 from neft_jax.models import ModelConfig, hf_io, load_hf
 
 
@@ -360,7 +359,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
   FLAGS = flags.FLAGS
-  try:
+  with one_line_errors():
     multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     # From here on, process 0 reports; the others speak only of problems.
     logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
@@ -368,9 +367,6 @@ def main(argv):
       dry_run(FLAGS.config)
     else:
       train(FLAGS.config, FLAGS.workdir)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":
