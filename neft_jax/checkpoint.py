@@ -116,10 +116,7 @@ def trained_model(workdir: str, config, mesh, rules, step: int | None = None):
   from neft_jax.models import hf_io
 
   model_path = config.model.path.replace("{workdir}", os.path.abspath(workdir))
-  model_config = hf_io.read_config(hf_io.resolve_checkpoint(model_path, weights=False)).with_options(
-      param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-      scan_layers=config.model.scan_layers, remat=config.model.remat,
-      attention=config.model.attention)
+  model_config = hf_io.model_config(model_path, config.model, weights=False)
   graphdef, abstract = hf_io.abstract_model(model_config)
   shardings = sharding.tree_shardings(abstract, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

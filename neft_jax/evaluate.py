@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
 from neft_jax import checkpoint, defaults, response_metrics, sharding
@@ -176,7 +177,6 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     eval_sharding = train.batch_sharding(mesh, rules, 0)
     to_global = lambda b: {k: jax.make_array_from_process_local_data(eval_sharding, v)
                            for k, v in b.items()}
-    from flax import nnx
     graphdef, params = nnx.split(model)
     with sharding.activation_rules(mesh, rules):
       losses = eval_loss(jax.jit(make_eval_step(graphdef)), params, batches, to_global)

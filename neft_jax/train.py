@@ -84,15 +84,6 @@ def make_mesh(config: ml_collections.ConfigDict):
   return mesh, rules
 
 
-def model_config_of(config: ml_collections.ConfigDict, model_path: str, *,
-                    weights: bool = True) -> ModelConfig:
-  folder = hf_io.resolve_checkpoint(model_path, weights=weights)
-  return hf_io.read_config(folder).with_options(
-      param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-      scan_layers=config.model.scan_layers, remat=config.model.remat,
-      attention=config.model.attention)
-
-
 def sharded_abstract_state(model_config: ModelConfig, optimizer, mesh, rules):
   """(graphdef, abstract TrainState with shardings, the shardings): no memory used."""
   graphdef, abstract_params = hf_io.abstract_model(model_config)
@@ -169,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
 
   # ---------------------------------------------------------------- model, optimizer, state
-  model_config = model_config_of(config, model_path)
+  model_config = hf_io.model_config(model_path, config.model)
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
   graphdef, abstract_state, state_shardings = sharded_abstract_state(
       model_config, optimizer, mesh, rules)
@@ -297,7 +288,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   shardings), XLA's argument, output and temporary bytes, and the step's FLOPs.
   """
   mesh, rules = make_mesh(config)
-  model_config = model_config_of(config, config.model.path, weights=False)
+  model_config = hf_io.model_config(config.model.path, config.model, weights=False)
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps, 0, 1)
   _check_layout(layout, mesh, rules)
   steps_for_schedule = config.train.steps or 1000

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, Sharding
 from neft_jax import sharding as sharding_lib
 from neft_jax.errors import UserError
 from neft_jax.models import gpt2, llama, qwen2
-from neft_jax.models.config import ModelConfig, dtype_name
+from neft_jax.models.config import OPTION_NAMES, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
 from neft_jax.models.transformer import Transformer
 from neft_jax.models.weight_files import TensorSpec, WeightFiles, write_sharded_safetensors
@@ -84,6 +84,14 @@ def read_config(folder: str) -> ModelConfig:
     raise UserError(f"{config_path}: model_type {model_type!r} is not supported; "
                     f"neft_jax supports {sorted(FAMILIES)}")
   return FAMILIES[model_type].config_from_hf(HFConfig(values, config_path))
+
+
+def model_config(path: str, options, *, weights: bool = True) -> ModelConfig:
+  """A checkpoint's ModelConfig (folder or hub id) with the run options of
+  `options`, a mapping such as a config's `model` section (its other keys,
+  like `path`, are ignored). With weights=False a hub id fetches config.json only."""
+  folder = resolve_checkpoint(path, weights=weights)
+  return read_config(folder).with_options(**{k: options[k] for k in OPTION_NAMES if k in options})
 
 
 # Loading ------------------------------------------------------------------------
