@@ -6,7 +6,9 @@ by default) on the same random batch of token ids, with the same optimizer
 loss on every next token:
 
   ours   `steps.make_train_step` under `jax.jit` (state donated), with
-         NEFTune alpha=5 and alpha=0 as two jitted functions;
+         NEFTune alpha=5 and alpha=0 as two jitted functions; the layers
+         unrolled (model.scan_layers=False, the better choice for 4 layers;
+         --scan_layers for lax.scan);
   torch  `transformers.LlamaForCausalLM` in train mode: forward with labels,
          backward, `clip_grad_norm_`, `torch.optim.AdamW` (fused, the
          Trainer's default), with transformers' NEFTune forward hook on the
@@ -17,7 +19,8 @@ in rounds that alternate which goes first. In each process, a few warmup steps
 (our JIT compilation among them) go untimed; then the alpha=5 and alpha=0
 steps alternate, N of each, each timed until its results are computed. Time
 per step is the median over all rounds; tokens/s is batch * seq / time per
-step, and the NEFTune overhead is time(alpha=5) / time(alpha=0) - 1.
+step, and the NEFTune overhead is time(alpha=5) / time(alpha=0) - 1, the
+median over pairs of steps that ran back to back.
 
     python bench/train_step.py [--rounds 3] [--steps 6] [--warmup 2] [--layers 4]
                                [--width 256] [--heads 4] [--seq 256] [--batch 8]
@@ -98,7 +101,8 @@ def ours_worker(args) -> dict:
   cfg = ModelConfig(family="llama", vocab_size=args.vocab, embed_dim=args.width,
                     num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads,
                     head_dim=args.width // args.heads, mlp_dim=args.intermediate,
-                    max_positions=args.seq, param_dtype="float32", dtype="float32")
+                    max_positions=args.seq, param_dtype="float32", dtype="float32",
+                    scan_layers=args.scan_layers)
   optim_config = ml_collections.ConfigDict(dict(
       learning_rate=LEARNING_RATE, schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
       b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=GRAD_CLIP_NORM))
@@ -222,7 +226,9 @@ def tokens_per_sec(args, seconds: list[float]) -> float:
 
 
 def overhead(noisy_seconds: list[float], clean_seconds: list[float]) -> float:
-  return statistics.median(noisy_seconds) / statistics.median(clean_seconds) - 1
+  """The median over step pairs of noisy / clean - 1: the two steps of a pair ran
+  back to back, so a drift in the machine's speed cancels within each pair."""
+  return statistics.median(n / c for n, c in zip(noisy_seconds, clean_seconds)) - 1
 
 
 def parse_args():
@@ -237,6 +243,8 @@ def parse_args():
   parser.add_argument("--vocab", type=int, default=32000)
   parser.add_argument("--seq", type=int, default=256, help="sequence length")
   parser.add_argument("--batch", type=int, default=8, help="rows per step")
+  parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=False,
+                      help="ours: lax.scan over layers (default: unrolled, as suits 4 layers)")
   parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.steps < 1 or args.warmup < 1:
@@ -251,8 +259,8 @@ def main():
   if args.worker:
     return harness.print_result(WORKERS[args.worker](args))
 
-  argv = [f"--{name}={value}" for name, value in vars(args).items()
-          if name not in ("worker", "rounds")]
+  argv = [(f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name}={value}"
+          for name, value in vars(args).items() if name not in ("worker", "rounds")]
   print(f"train step, {model_shape(args)}, batch {args.batch} x seq {args.seq}, "
         f"{args.warmup} warmup + {args.steps} timed steps per alpha, "
         f"{os.cpu_count()} CPU threads", flush=True)
@@ -276,6 +284,7 @@ def main():
       "warmup_steps": args.warmup,
       "timed_steps": args.steps,
       "rounds": args.rounds,
+      "scan_layers": args.scan_layers,
       "parameters": ours["parameters"],
       "torch_parameters": torch_run["parameters"],
       "ours_tokens_per_sec": round(ours_tps, 1),
