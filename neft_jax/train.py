@@ -27,6 +27,7 @@ from absl import app, flags
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from neft_jax import checkpoint, demo, evaluate, metrics, multihost, optim, sharding, steps
 from neft_jax.data import batching, pipeline
@@ -224,7 +225,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   before = run_evals(state.params, first_step) if first_step == 0 else {}
   if before:
     writer.write(0, {k: v for k, v in before.items() if k != "answers"})
-  from tqdm import tqdm
   progress = tqdm(total=total_steps, initial=first_step, disable=not is_main, unit="step",
                   dynamic_ncols=True)
   pending, interval_start = [], time.perf_counter()
