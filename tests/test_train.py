@@ -104,7 +104,7 @@ def write_json(path, value):
 
 
 @pytest.mark.parametrize("case", ["invalid_json", "missing_field", "empty", "max_length",
-                                  "batch_devices", "workdir"])
+                                  "batch_devices", "workdir", "no_model", "no_data"])
 def test_bad_input_fails_with_one_line_and_no_checkpoint(assets, straight_run, tmp_path, case):
   good = {"instruction": "Add the two numbers.", "input": "1 + 2", "output": "3"}
   config = shrunk_config(assets)
@@ -116,6 +116,8 @@ def test_bad_input_fails_with_one_line_and_no_checkpoint(assets, straight_run, t
       "max_length": "data.max_length=16 is shorter than the prompt template",
       "batch_devices": "do not divide over the 8 data-parallel devices",
       "workdir": "cannot be written",
+      "no_model": "point model.path at a folder",
+      "no_data": "data.path=",
   }[case]
   if case == "invalid_json":
     config.data.path = write_json(tmp_path / "bad.json", '[{"instruction": "a" "output": "b"}]')
@@ -127,6 +129,11 @@ def test_bad_input_fails_with_one_line_and_no_checkpoint(assets, straight_run, t
     config.data.max_length = 16
   elif case == "batch_devices":
     config.train.batch_size = 12
+  elif case == "no_model":
+    del config["demo"]  # which would make the model
+    config.model.path = str(tmp_path / "no_such_model")
+  elif case == "no_data":
+    config.data.path = "someone/no-such-dataset"  # not local, and no hub here
   elif case == "workdir":
     workdir = tmp_path / "a_file" / "run"
     (tmp_path / "a_file").write_text("not a folder")
