@@ -99,13 +99,6 @@ def hf_worker(args) -> dict:
 WORKERS = {"ours": ours_worker, "hf": hf_worker}
 
 
-def run_worker(which: str, argv: list[str]) -> dict:
-  result = harness.run_worker(__file__, which, argv, env={"JAX_PLATFORMS": "cpu"})
-  if result is None:
-    raise SystemExit(f"the {which} worker failed; see above")
-  return result
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=2)
@@ -130,7 +123,7 @@ def main():
     runs = {"ours": [], "hf": []}
     for round_index in range(args.rounds):
       for which in (("ours", "hf") if round_index % 2 == 0 else ("hf", "ours")):
-        runs[which].append(run_worker(which, argv))
+        runs[which].append(harness.run_cpu_worker(__file__, which, argv))
         print(f"round {round_index + 1} {which}: seconds {runs[which][-1]['seconds']}", flush=True)
 
   new_tokens = args.batch * args.new_tokens

@@ -35,6 +35,14 @@ def run_worker(script: str, which: str, argv: list[str], env: dict | None = None
   return result if child.returncode == 0 or result is not None else None
 
 
+def run_cpu_worker(script: str, which: str, argv: list[str]) -> dict:
+  """run_worker on the CPU; a worker that gives no result stops the benchmark."""
+  result = run_worker(script, which, argv, env={"JAX_PLATFORMS": "cpu"})
+  if result is None:
+    raise SystemExit(f"the {which} worker failed; see above")
+  return result
+
+
 def pool(results: list[dict], keys=("noisy_seconds", "clean_seconds")) -> dict:
   """One worker result with the timings of all rounds concatenated."""
   pooled = dict(results[0])

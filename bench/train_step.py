@@ -214,13 +214,6 @@ def torch_worker(args) -> dict:
 WORKERS = {"ours": ours_worker, "torch": torch_worker}
 
 
-def run_worker(which: str, argv: list[str]) -> dict:
-  result = harness.run_worker(__file__, which, argv, env={"JAX_PLATFORMS": "cpu"})
-  if result is None:
-    raise SystemExit(f"the {which} worker failed; see above")
-  return result
-
-
 def tokens_per_sec(args, seconds: list[float]) -> float:
   return args.batch * args.seq / statistics.median(seconds)
 
@@ -271,7 +264,7 @@ def main():
     order = ("ours", "torch") if round_index % 2 == 0 else ("torch", "ours")
     for which in order:
       print(f"round {round_index + 1}/{args.rounds}: {which}", flush=True)
-      runs[which].append(run_worker(which, argv))
+      runs[which].append(harness.run_cpu_worker(__file__, which, argv))
   ours, torch_run = (harness.pool(runs[which]) for which in ("ours", "torch"))
 
   ours_tps = tokens_per_sec(args, ours["noisy_seconds"])

@@ -96,10 +96,6 @@ class ModelConfig:
   def compute_jnp_dtype(self):
     return DTYPES[self.dtype]
 
-  @property
-  def is_gqa(self) -> bool:
-    return self.num_kv_heads < self.num_heads
-
   def with_options(self, **options) -> "ModelConfig":
     """Returns a copy with run options changed, rejecting unknown names."""
     unknown = sorted(set(options) - set(OPTION_NAMES))
