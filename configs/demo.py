@@ -7,6 +7,8 @@ scratch in Hugging Face format; then it fine-tunes that model with NEFTune and
 prints held-out loss and exact-match answers before and after.
 
     python -m neft_jax.train --config=configs/demo.py --workdir=runs/demo
+    python -m neft_jax.evaluate --workdir=runs/demo
+    python -m neft_jax.export --workdir=runs/demo --out=runs/demo_hf
 """
 
 from neft_jax.defaults import base
@@ -36,5 +38,9 @@ def get_config():
   config.optim.weight_decay = 0.0
   config.eval.exact_match = True
   config.eval.max_new_tokens = 8
+  # neft_jax.evaluate on the demo run: answers are a few tokens (the model has 256
+  # positions), and repeating letters is what its tasks ask, so no repetition penalty.
+  config.generate.max_new_tokens = 16
+  config.generate.repetition_penalty = 1.0
   config.checkpoint.every_steps = 200
   return config

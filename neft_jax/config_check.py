@@ -1,0 +1,223 @@
+"""Every config value checked at start-up, before anything is written or compiled.
+
+`validate(config)` raises one `UserError` naming each bad key, its value and
+what is allowed. The choices come from the modules that implement them (the
+dtypes, remat policies and attention kernels of the model, the templates, the
+noise distributions, the schedules, the mesh axes). Checks that need the data
+or the model (the prompt template against data.max_length, a batch against
+the devices, a prompt against the model's positions) stay where those are read.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import ml_collections
+
+from neft_jax.errors import UserError
+
+Check = Callable[[object], "str | None"]  # None when the value is good, else what is allowed
+
+
+def integer(low: int | None = None, *, or_value: int | None = None) -> Check:
+  """An int (not a bool) >= low; `or_value` is one more value allowed (mesh sizes: -1)."""
+  def check(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      return "must be an integer" + (f" >= {low}" if low is not None else "")
+    if or_value is not None and value == or_value:
+      return None
+    if low is not None and value < low:
+      return (f"must be {or_value} or an integer >= {low}" if or_value is not None
+              else f"must be an integer >= {low}")
+    return None
+  return check
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Check:
+  """An int or float in the interval [low, high] (open at either end as asked)."""
+  if low is not None and high is not None:
+    allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+  elif low is not None:
+    allowed = f"{'>' if low_open else '>='} {low:g}"
+  else:
+    allowed = ""
+
+  def check(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      return f"must be a number {allowed}".rstrip()
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    return f"must be {allowed}" if too_low or too_high else None
+  return check
+
+
+def boolean(value) -> str | None:
+  return None if isinstance(value, bool) else "must be True or False"
+
+
+def text(value) -> str | None:
+  return None if isinstance(value, str) else "must be a string"
+
+
+def name(value) -> str | None:
+  return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def one_of(choices) -> Check:
+  choices = tuple(choices)
+
+  def check(value):
+    return None if value in choices else f"is not one of {', '.join(map(repr, choices))}"
+  return check
+
+
+def held_out_size(value) -> str | None:
+  """data.eval_size: a count (a whole number >= 1) or a fraction in [0, 1)."""
+  problem = number(0)(value)
+  if problem:
+    return problem
+  if value >= 1 and value != int(value):
+    return "must be a fraction below 1 or a whole count of records"
+  return None
+
+
+def sharding_rules(mesh_axes) -> Check:
+  """(logical name, None | mesh axis | mesh axes) pairs."""
+  def check(value):
+    allowed = (f"must be (logical name, mesh axes) pairs, the mesh axes None, one of "
+               f"{', '.join(map(repr, mesh_axes))} or a tuple of them")
+    if not isinstance(value, (list, tuple)):
+      return allowed
+    for rule in value:
+      if not isinstance(rule, (list, tuple)) or len(rule) != 2 or not isinstance(rule[0], str):
+        return f"{allowed}; {rule!r} is not"
+      axes = rule[1]
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+      if not isinstance(axes, (list, tuple)) or any(a not in mesh_axes for a in axes):
+        return f"{allowed}; {tuple(rule)!r} is not"
+    return None
+  return check
+
+
+def rules() -> dict[str, Check]:
+  """The check of every config key (of defaults.base() and configs/demo.py's `demo`)."""
+  from neft_jax import neftune, optim
+  from neft_jax.data import templates
+  from neft_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
+  from neft_jax.sharding import MESH_AXES
+
+  return {
+      "seed": integer(0),
+      "model.path": text,
+      "model.tokenizer": text,
+      "model.param_dtype": one_of(DTYPES),
+      "model.dtype": one_of(DTYPES),
+      "model.scan_layers": boolean,
+      "model.remat": one_of(REMAT_POLICIES),
+      "model.attention": one_of(ATTENTION_IMPLEMENTATIONS),
+      "data.path": text,
+      "data.split": name,
+      "data.eval_path": text,
+      "data.eval_split": name,
+      "data.eval_size": held_out_size,
+      "data.template": one_of(templates.TEMPLATES),
+      "data.max_length": integer(2),
+      "data.packing": boolean,
+      "data.fields.instruction": name,
+      "data.fields.input": name,
+      "data.fields.output": name,
+      "neftune.alpha": number(0),
+      "neftune.distribution": one_of(neftune.DISTRIBUTIONS),
+      "train.steps": integer(0),
+      "train.epochs": integer(1),
+      "train.batch_size": integer(1),
+      "train.grad_accum_steps": integer(1),
+      "train.loss_chunk_size": integer(0),
+      "train.log_every": integer(1),
+      "train.eval_every": integer(0),
+      "train.peak_tflops": number(0),
+      "optim.learning_rate": number(0, low_open=True),
+      "optim.schedule": one_of(optim.SCHEDULES),
+      "optim.warmup_ratio": number(0, 1, high_open=True),
+      "optim.weight_decay": number(0),
+      "optim.b1": number(0, 1, high_open=True),
+      "optim.b2": number(0, 1, high_open=True),
+      "optim.eps": number(0, low_open=True),
+      "optim.grad_clip_norm": number(0),
+      "eval.exact_match": boolean,
+      "eval.exact_match_examples": integer(1),
+      "eval.max_new_tokens": integer(1),
+      "eval.show_answers": integer(0),
+      "eval.metrics_prefix_tokens": integer(1),
+      "generate.max_new_tokens": integer(1),
+      "generate.temperature": number(0),
+      "generate.top_k": integer(0),
+      "generate.top_p": number(0, 1, low_open=True),
+      "generate.repetition_penalty": number(0, low_open=True),
+      "generate.batch_size": integer(1),
+      "generate.seed": integer(0),
+      "generate.truncate_prompts": boolean,
+      "checkpoint.every_steps": integer(1),
+      "checkpoint.max_to_keep": integer(1),
+      "checkpoint.async_save": boolean,
+      "mesh.data": integer(1, or_value=-1),
+      "mesh.fsdp": integer(1, or_value=-1),
+      "mesh.tensor": integer(1, or_value=-1),
+      "mesh.num_devices": integer(0),
+      "sharding.rules": sharding_rules(MESH_AXES),
+      # configs/demo.py: what the run makes before training
+      "demo.train_examples": integer(1),
+      "demo.eval_examples": integer(0),
+      "demo.vocab_size": integer(1),
+      "demo.min_merge_fraction": number(0, 1, low_open=True),
+      "demo.model.embed_dim": integer(1),
+      "demo.model.num_layers": integer(1),
+      "demo.model.num_heads": integer(1),
+      "demo.model.num_kv_heads": integer(1),
+      "demo.model.head_dim": integer(1),
+      "demo.model.mlp_dim": integer(1),
+      "demo.model.max_positions": integer(2),
+      "demo.model.initializer_range": number(0, low_open=True),
+  }
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str):
+  """(True, value) of a dotted key, or (False, None) when the config lacks it."""
+  value = config
+  for part in key.split("."):
+    if not isinstance(value, (ml_collections.ConfigDict, dict)) or part not in value:
+      return False, None
+    value = value[part]
+  return True, value
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with `config`, one phrase per bad key ([] when all is well)."""
+  found = []
+  for key, check in rules().items():
+    present, value = _lookup(config, key)
+    if present:
+      problem = check(value)
+      if problem:
+        found.append(f"{key}={value!r} {problem}")
+  if "demo" in config and not found:  # the demo's model is made from these: they must agree
+    model = config.demo.model
+    if model.num_heads % model.num_kv_heads:
+      found.append(f"demo.model.num_heads={model.num_heads} is not a multiple of "
+                   f"demo.model.num_kv_heads={model.num_kv_heads}")
+    if config.data.max_length > model.max_positions:
+      found.append(f"data.max_length={config.data.max_length} is more than the demo model's "
+                   f"demo.model.max_positions={model.max_positions}")
+    if config.generate.max_new_tokens >= model.max_positions:
+      found.append(f"generate.max_new_tokens={config.generate.max_new_tokens} leaves no room for "
+                   f"a prompt in demo.model.max_positions={model.max_positions}")
+  return found
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a UserError that lists every bad value of `config`, with what is allowed."""
+  found = problems(config)
+  if found:
+    raise UserError("; ".join(found) + " (set them in the config file or with --config.KEY=VALUE)")
