@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from neft_jax import checkpoint, defaults, response_metrics, sharding
 from neft_jax.data import templates
 from neft_jax.data.sources import Record
+from neft_jax.data.tokenize import encode_prompts, start_token
 from neft_jax.errors import UserError, one_line_errors
 from neft_jax.generate import generate
 
@@ -81,18 +82,20 @@ def load_prompts(path: str) -> list[dict]:
   return records
 
 
-def prompt_tokens(tokenizer, records: list[dict], *, template: str, max_new_tokens: int,
-                  max_positions: int, truncate: bool, source: str) -> list[list[int]]:
-  """Token ids of every prompt; one too long for the context is an error, or cut from the left."""
+def prompt_tokens(tokenizer, records: list[dict], *, template: str, bos: int | None,
+                  max_new_tokens: int, max_positions: int, truncate: bool, source: str
+                  ) -> list[list[int]]:
+  """Token ids of every prompt, as training tokenizes them (`bos` from
+  tokenize.start_token); one too long for the context is an error, or cut from
+  the left (behind its BOS)."""
   room = max_positions - max_new_tokens
   if room < 1:
     raise UserError(f"generate.max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                     f"model's {max_positions} positions")
+  texts = [templates.prompt(Record(record["instruction"], record.get("input") or "", ""),
+                            template, tokenizer) for record in records]
   prompts = []
-  for number, record in enumerate(records):
-    text = templates.prompt(Record(record["instruction"], record.get("input") or "", ""),
-                            template, tokenizer)
-    ids = tokenizer(text, verbose=False)["input_ids"]
+  for number, ids in enumerate(encode_prompts(tokenizer, texts, bos)):
     if len(ids) > room:
       if not truncate:
         raise UserError(
@@ -101,7 +104,7 @@ def prompt_tokens(tokenizer, records: list[dict], *, template: str, max_new_toke
             "positions; nothing was generated. Shorten it, lower generate.max_new_tokens, or set "
             "generate.truncate_prompts=True to keep each prompt's last tokens")
       logging.warning("%s: prompt %d has %d tokens; kept its last %d", source, number, len(ids), room)
-      ids = ids[-room:]
+      ids = ids[-room:] if bos is None else [bos, *ids[len(ids) - room + 1:]]
     prompts.append(ids)
   return prompts
 
@@ -129,7 +132,8 @@ def exact_match(model, tokenizer, records: list[Record], *, template: str, max_n
   settings = ml_collections.ConfigDict(dict(
       seed=0, batch_size=min(batch_size, len(records)), max_new_tokens=max_new_tokens,
       temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0))
-  prompts = [tokenizer(templates.prompt(r, template, tokenizer))["input_ids"] for r in records]
+  prompts = encode_prompts(tokenizer, [templates.prompt(r, template, tokenizer) for r in records],
+                           start_token(model.config, tokenizer))
   answers = generate_answers(model, tokenizer, prompts, settings)
   return response_metrics.exact_match(answers, [r.output for r in records]), answers
 
@@ -159,6 +163,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     generator = os.path.basename(os.path.normpath(model_path))
     out_dir = out_dir or "eval"
   tokenizer = pipeline.load_tokenizer(tokenizer_path)
+  bos = start_token(model.config, tokenizer)
   summary: dict = {"generator": generator}
   if step is not None:
     summary["step"] = step
@@ -170,7 +175,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
       data_config[key] = data_config[key].replace("{workdir}", workdir or "")
   eval_set = None
   if data_config.eval_path or (data_config.path and data_config.eval_size):
-    _, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed)
+    _, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
     layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
                                   jax.process_index(), jax.process_count())
     batches = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
@@ -192,7 +197,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     source, dataset = "the held-out split", "held_out"
   else:
     raise UserError("nothing to generate for: give --prompts, or a config with a held-out split")
-  prompts = prompt_tokens(tokenizer, records, template=config.data.template,
+  prompts = prompt_tokens(tokenizer, records, template=config.data.template, bos=bos,
                           max_new_tokens=config.generate.max_new_tokens,
                           max_positions=model.config.max_positions,
                           truncate=config.generate.truncate_prompts, source=source)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from neft_jax import checkpoint, demo, evaluate, metrics, multihost, optim, sharding, steps
 from neft_jax.data import batching, pipeline
+from neft_jax.data.tokenize import start_token
 from neft_jax.errors import UserError, one_line_errors
 from neft_jax.models import ModelConfig, hf_io, load_hf
 
@@ -146,7 +147,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # ---------------------------------------------------------------- data
   tokenizer = pipeline.load_tokenizer(_resolve(config.model.tokenizer, workdir) or model_path,
                                       "model.tokenizer" if config.model.tokenizer else "model.path")
-  train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed)
+  model_config = hf_io.model_config(model_path, config.model)  # its family decides BOS
+  train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed,
+                                                  bos=start_token(model_config, tokenizer))
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
                                 jax.process_index(), jax.process_count())
   _check_layout(layout, mesh, rules)
@@ -161,7 +164,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
 
   # ---------------------------------------------------------------- model, optimizer, state
-  model_config = hf_io.model_config(model_path, config.model)
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
   graphdef, abstract_state, state_shardings = sharded_abstract_state(
       model_config, optimizer, mesh, rules)

@@ -49,13 +49,15 @@ def split_records(config: ml_collections.ConfigDict, seed: int) -> tuple[list[Re
           [r for r, h in zip(records, held_out) if h])
 
 
-def tokenized_splits(config: ml_collections.ConfigDict, tokenizer, seed: int
+def tokenized_splits(config: ml_collections.ConfigDict, tokenizer, seed: int, *, bos: int | None
                      ) -> tuple[TokenizedSet, TokenizedSet]:
+  """Train and held-out sets; `bos` is the model's start token (tokenize.start_token)."""
   templates.check_template(config.template, tokenizer)
   train_records, eval_records = split_records(config, seed)
   sets = []
   for name, records in (("train", train_records), ("eval", eval_records)):
-    data = tokenize(records, tokenizer, max_length=config.max_length, template=config.template)
+    data = tokenize(records, tokenizer, max_length=config.max_length, template=config.template,
+                    bos=bos)
     if data.num_truncated or data.num_dropped:
       logging.warning("%s: %d of %d examples were cut at data.max_length=%d and %d dropped (prompt "
                       "alone too long)", name, data.num_truncated, len(records), config.max_length,
