@@ -23,6 +23,8 @@ from flax import nnx
 from neft_jax.data import demo_tasks, templates
 from neft_jax.models import ModelConfig, Transformer, save_hf
 
+log = logging.getLogger(__name__)
+
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 
 
@@ -74,9 +76,9 @@ def prepare(config: ml_collections.ConfigDict, model_dir: str, data_dir: str, se
                       pad_token_id=tokenizer.pad_token_id, **config.model)
     model = Transformer(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(seed), 0)))
     save_hf(model, model_dir)
-    logging.info("demo: wrote %d train and %d held-out examples, a %d-token tokenizer and a "
-                 "%.2fM-parameter model", len(train), len(held_out), len(tokenizer),
-                 cfg.num_params() / 1e6)
+    log.info("demo: wrote %d train and %d held-out examples, a %d-token tokenizer and a "
+             "%.2fM-parameter model", len(train), len(held_out), len(tokenizer),
+             cfg.num_params() / 1e6)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("neft_jax demo assets")

@@ -16,6 +16,8 @@ import signal
 import jax
 from jax.experimental import multihost_utils
 
+log = logging.getLogger(__name__)
+
 
 def _environment_is_multiprocess() -> bool:
   slurm_tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS")
@@ -41,8 +43,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                num_processes=num_processes, process_id=process_id)
   else:
     jax.distributed.initialize()
-  logging.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  log.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(),
+           jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
 
 
@@ -73,7 +75,7 @@ class Preemption:
       stop = self.requested
     if stop:
       signal.signal(signal.SIGTERM, signal.SIG_IGN)
-      logging.warning("preempted: saving a checkpoint at step %d and stopping", step)
+      log.warning("preempted: saving a checkpoint at step %d and stopping", step)
     return stop
 
   def close(self) -> None:

@@ -13,6 +13,8 @@ from neft_jax.data.sources import Fields, Record, load_records
 from neft_jax.data.tokenize import TokenizedSet, tokenize
 from neft_jax.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 def load_tokenizer(path: str, config_key: str = "model.path"):
   """The Hugging Face tokenizer stored with a checkpoint (or a hub id)."""
@@ -59,9 +61,9 @@ def tokenized_splits(config: ml_collections.ConfigDict, tokenizer, seed: int, *,
     data = tokenize(records, tokenizer, max_length=config.max_length, template=config.template,
                     bos=bos)
     if data.num_truncated or data.num_dropped:
-      logging.warning("%s: %d of %d examples were cut at data.max_length=%d and %d dropped (prompt "
-                      "alone too long)", name, data.num_truncated, len(records), config.max_length,
-                      data.num_dropped)
+      log.warning("%s: %d of %d examples were cut at data.max_length=%d and %d dropped (prompt "
+                  "alone too long)", name, data.num_truncated, len(records), config.max_length,
+                  data.num_dropped)
     sets.append(data)
   if not len(sets[0]):
     raise UserError(f"no training example fits data.max_length={config.max_length}")

@@ -11,6 +11,8 @@ import logging
 from neft_jax.models.config import ACTIVATIONS, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
 
+log = logging.getLogger(__name__)
+
 MODEL_TYPE = "gpt2"
 ARCHITECTURE = "GPT2LMHeadModel"
 BASE_PREFIX = "transformer."
@@ -30,8 +32,8 @@ def config_from_hf(hf: HFConfig) -> ModelConfig:
     raise hf.unsupported("add_cross_attention", True, "neft_jax models are decoder-only")
   dropout = {k: hf.get(k, 0.0) for k in ("attn_pdrop", "resid_pdrop", "embd_pdrop")}
   if any(dropout.values()):
-    logging.info("%s: dropout %s is not applied; neft_jax trains without dropout",
-                 hf.source, dropout)
+    log.info("%s: dropout %s is not applied; neft_jax trains without dropout",
+             hf.source, dropout)
   head_dim = embed_dim // num_heads
   return ModelConfig(
       family=MODEL_TYPE,

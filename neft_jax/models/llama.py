@@ -11,6 +11,8 @@ import logging
 from neft_jax.models.config import ACTIVATIONS, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
 
+log = logging.getLogger(__name__)
+
 MODEL_TYPE = "llama"
 ARCHITECTURE = "LlamaForCausalLM"
 BASE_PREFIX = "model."
@@ -25,8 +27,8 @@ def config_from_hf(hf: HFConfig, family: str = MODEL_TYPE, **switches) -> ModelC
   if activation not in ACTIVATIONS:
     raise hf.unsupported("hidden_act", activation, f"supported: {sorted(ACTIVATIONS)}")
   if hf.get("attention_dropout", 0.0):
-    logging.warning("%s: attention_dropout=%s is not applied; neft_jax trains without dropout",
-                    hf.source, hf.get("attention_dropout"))
+    log.warning("%s: attention_dropout=%s is not applied; neft_jax trains without dropout",
+                hf.source, hf.get("attention_dropout"))
   attention_bias = hf.get("attention_bias", False)
   options = dict(
       family=family,
