@@ -8,9 +8,11 @@ so evaluation and export never read the optimizer state.
 
 Saves are asynchronous (training continues while arrays are written).
 `restore_latest` resumes from the newest checkpoint that restores; a partial
-or corrupt one is skipped with a warning. Orbax writes each step to a
-temporary folder and renames it when complete, so an interrupted save never
-looks like a checkpoint.
+or corrupt one is skipped with a warning. One whose metadata (structure,
+shapes, dtypes) does not fit the run's state is a UserError, decided before
+restoring: Orbax itself would raise on some differences and cast dtypes
+silently. Orbax writes each step to a temporary folder and renames it when
+complete, so an interrupted save never looks like a checkpoint.
 """
 
 from __future__ import annotations
@@ -32,13 +34,26 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front, so each item's metadata reads before any restore.
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
+        params=ocp.StandardCheckpointHandler(), optimizer=ocp.StandardCheckpointHandler(),
+        meta=ocp.JsonCheckpointHandler()))
+    self.unrestorable: list[int] = []  # steps restore_latest skipped as partial or corrupt
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, root_key: jax.Array, data_state: dict) -> None:
-    """Starts saving (returns before the arrays are on disk when async)."""
+    """Starts saving (returns before the arrays are on disk when async).
+
+    A partial or corrupt checkpoint that restore_latest skipped at this step is
+    deleted first: the run has come back to its step and replaces it.
+    """
+    if step in self.unrestorable and step in self.manager.all_steps():
+      logging.warning("replacing checkpoint %d in %s, which could not be restored", step,
+                      self.directory)
+      self.manager.delete(step)
+      self.unrestorable.remove(step)
     key_data = np.asarray(jax.random.key_data(root_key)).tolist()
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
@@ -52,16 +67,36 @@ class Checkpoints:
     `abstract_state` (a TrainState of ShapeDtypeStructs with shardings) gives
     the shapes, dtypes and shardings to restore into, so a checkpoint restores
     onto whatever mesh the run now has.
+
+    Before restoring, the newest checkpoint whose metadata reads is compared
+    with `abstract_state` (tree structure, shapes, dtypes). One that does not
+    fit, because the run's config changed the model or the optimizer, raises a
+    UserError naming the first difference; nothing is restored, written or
+    deleted. One that is partial or corrupt (metadata or arrays unreadable) is
+    skipped with a warning, for the one before it.
     """
     optimizer = {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+    expected = {"params": abstract_state.params, "optimizer": optimizer}
+    self.unrestorable = []
     for step in reversed(self.steps()):
+      try:
+        saved = self._saved_arrays(step, expected)
+      except Exception as e:  # partial or corrupt: fall back to the one before
+        self._skip(step, e)
+        continue
+      difference = _first_difference(saved, _flat_arrays(expected))
+      if difference:
+        config_file = os.path.join(os.path.dirname(self.directory), "config.json")
+        raise UserError(
+            f"checkpoint {step} in {self.directory} does not fit this run's state: {difference}; "
+            f"resume with the config the run was started with ({config_file} shows it), "
+            "or use another --workdir for this config")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_state.params),
             optimizer=ocp.args.StandardRestore(optimizer), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # partial or corrupt: fall back to the one before
-        logging.warning("checkpoint %d in %s could not be restored (%s: %s); trying an older one",
-                        step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      except Exception as e:  # arrays or meta unreadable: fall back to the one before
+        self._skip(step, e)
         continue
       key = jax.random.wrap_key_data(np.asarray(restored.meta["root_key"], np.uint32),
                                      impl=jax.random.key_impl(root_key))
@@ -80,9 +115,33 @@ class Checkpoints:
       step = steps[-1]
     elif step not in steps:
       raise UserError(f"no checkpoint for step {step} in {self.directory}; the steps saved are {steps}")
+    difference = _first_difference(self._saved_arrays(step, {"params": abstract_params}),
+                                   _flat_arrays({"params": abstract_params}))
+    if difference:
+      raise UserError(f"checkpoint {step} in {self.directory} does not fit the model of the "
+                      f"run's config: {difference}; give the config the run was trained with")
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))
     return step, restored.params
+
+  def _saved_arrays(self, step: int, items) -> dict:
+    """{"item/path/in/tree": (shape, dtype)} of the arrays of `items`' names at `step`,
+    from the checkpoint's metadata alone. Raises if any item's metadata is missing
+    or unreadable (a partial or corrupt checkpoint)."""
+    metadata = self.manager.item_metadata(step)
+    trees = {}
+    for name in items:
+      item = metadata[name]  # KeyError: the item's folder is missing
+      if item is None:
+        raise ValueError(f"the metadata of {name!r} is missing")
+      trees[name] = getattr(item, "tree", item)
+    return _flat_arrays(trees)
+
+  def _skip(self, step: int, error: Exception) -> None:
+    message = str(error).splitlines()[0] if str(error) else ""
+    logging.warning("checkpoint %d in %s could not be restored (%s: %s); trying an older one",
+                    step, self.directory, type(error).__name__, message)
+    self.unrestorable.append(step)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -130,3 +189,34 @@ def trained_model(workdir: str, config, mesh, rules, step: int | None = None):
   finally:
     checkpoints.close()
   return nnx.merge(graphdef, params), step
+
+
+def _flat_arrays(items: dict) -> dict:
+  """{"item/a/0/b": (shape, dtype)} of the arrays (or their metadata) of each named
+  tree, item by item, in tree order; the paths as Orbax names them (empty nodes have none)."""
+  return {f"{name}/{path}": (tuple(leaf.shape), np.dtype(leaf.dtype))
+          for name, tree in items.items()
+          for path, leaf in ocp.tree.to_flat_dict(tree, sep="/").items()}
+
+
+def _first_difference(saved: dict, expected: dict) -> str | None:
+  """The first entry (in the run's tree order) where two {path: (shape, dtype)}
+  trees differ, in words, with a count of the others; None when they agree."""
+  def spelled(entry) -> str:
+    shape, dtype = entry
+    return f"{dtype.name}[{', '.join(map(str, shape))}]"
+
+  differences = []
+  for path, entry in expected.items():
+    if path not in saved:
+      differences.append(f"{path} is in this run's state but not in the checkpoint")
+    elif saved[path] != entry:
+      differences.append(f"{path} is {spelled(saved[path])} in the checkpoint but "
+                         f"{spelled(entry)} in this run")
+  differences += [f"the checkpoint has {path}, which this run's state does not"
+                  for path in saved if path not in expected]
+  if not differences:
+    return None
+  more = len(differences) - 1
+  others = f" (and {more} more {'entry differs' if more == 1 else 'entries differ'})"
+  return differences[0] + (others if more else "")

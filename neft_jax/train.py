@@ -167,14 +167,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
   graphdef, abstract_state, state_shardings = sharded_abstract_state(
       model_config, optimizer, mesh, rules)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   checkpoints = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
   root_key = jax.random.key(config.seed)
+  # A checkpoint that does not fit this config stops the run here, before it writes anything.
   restored = checkpoints.restore_latest(abstract_state, root_key)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   data_iter = train_data.iterator()
   if restored is not None:
     state, root_key, data_state = restored
