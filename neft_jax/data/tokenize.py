@@ -16,8 +16,8 @@ Every example is `[BOS] prompt response EOS`, where:
   * the response is tokenized as text that follows the prompt, without the
     dummy-prefix "▁" a sentencepiece tokenizer puts in front of a text on its
     own, so prompt + response decode to exactly the text. Where nothing merges
-    (both shipped templates end in a line break), these are the ids of
-    prompt + response tokenized together, as in Stanford Alpaca's code.
+    (after the line break the Alpaca prompts end in, say), these are the ids
+    of prompt + response tokenized together, as in Stanford Alpaca's code.
 
 EOS is appended as a token id and carries loss. Examples longer than
 max_length are cut at the end; examples whose prompt alone fills max_length
