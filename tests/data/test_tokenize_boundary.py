@@ -13,6 +13,7 @@ from neft_jax.evaluate import prompt_tokens
 from neft_jax.data import templates
 from neft_jax.data.sources import Record, load_records
 from neft_jax.data.tokenize import encode_prompts, start_token, tokenize
+from neft_jax.errors import UserError
 from neft_jax.models import hf_io
 from tests import tiny_models
 from tests.conftest import shared_data
@@ -60,6 +61,14 @@ def test_bos_by_family_whatever_the_folder(models):
   assert llama_bare("Hi")["input_ids"][0] != 1  # the quirk: this folder adds no BOS by itself
   assert bos_bare == models["llama2"][1] == 1  # <s>, from config.json
   assert models["gpt2"][1] is None and models["qwen2"][1] is None
+
+
+def test_llama_bos_falls_back_on_the_tokenizer_and_none_at_all_is_an_error(models, tmp_path):
+  tiny_models.hf_config("llama", bos_token_id=None).save_pretrained(tmp_path)
+  no_bos = hf_io.read_config(str(tmp_path))
+  assert start_token(no_bos, models["llama2_bare"][0]) == 1
+  with pytest.raises(UserError, match="set bos_token_id in the model's config.json"):
+    start_token(no_bos, models["qwen2"][0])  # a tokenizer without bos_token
 
 
 @pytest.mark.parametrize("template", ["alpaca", "chat"])
