@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can fix (paths, configs, data).
 
-Command-line entry points print a `UserError` as a single line and exit with a
-non-zero code instead of showing a traceback; anything else is a bug.
+The command lines (run by `neft_jax.cli`) print a `UserError` as a single line
+and exit with code 1 instead of showing a traceback; anything else is a bug.
 """
 
 import contextlib
