@@ -152,6 +152,20 @@ def test_partial_or_corrupt_latest_checkpoint_is_skipped(trained, workdir, damag
   assert checkpoints.unrestorable == [4]
 
 
+def test_save_that_never_finished_is_not_a_checkpoint(trained, workdir):
+  # What an interrupted save leaves on a local disk: the step's temporary folder.
+  unfinished = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1764000000000000"
+  os.rename(workdir / "checkpoints" / "4", unfinished)
+  checkpoints = checkpoint.Checkpoints(str(workdir / "checkpoints"))
+  try:
+    assert checkpoints.steps() == [2]
+    restored = checkpoints.restore_latest(abstract_of(trained[1]["state"]), jax.random.key(0))
+  finally:
+    checkpoints.close()
+  assert int(restored[0].step) == 2 and checkpoints.unrestorable == []
+  assert os.path.isdir(unfinished)  # left as it was
+
+
 def losses(workdir):
   lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   return {line["step"]: line["loss"] for line in lines if "loss" in line}
