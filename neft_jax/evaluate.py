@@ -29,15 +29,15 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from neft_jax import checkpoint, defaults, response_metrics, sharding
+from neft_jax import checkpoint, cli, config_check, defaults, response_metrics, sharding
 from neft_jax.data import templates
 from neft_jax.data.sources import Record
 from neft_jax.data.tokenize import encode_prompts, start_token
-from neft_jax.errors import UserError, one_line_errors
+from neft_jax.errors import UserError
 from neft_jax.generate import generate
 
 
@@ -142,6 +142,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
              model_path: str | None = None, step: int | None = None, prompts_path: str | None = None,
              out_dir: str | None = None) -> dict:
   """Runs the evaluation; returns the summary (also written to OUT/summary.json)."""
+  config_check.validate(config)
   from neft_jax import train  # the mesh and steps of the training job
   from neft_jax.data import batching, pipeline
   from neft_jax.models import load_hf
@@ -221,19 +222,17 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
   return summary
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
-  FLAGS = flags.FLAGS
-  with one_line_errors():
-    config = FLAGS.config
-    if config is None:
-      config = checkpoint.run_config(FLAGS.workdir) if FLAGS.workdir else defaults.base()
-    evaluate(config, workdir=FLAGS.workdir, model_path=FLAGS.model, step=FLAGS.step,
-             prompts_path=FLAGS.prompts, out_dir=FLAGS.out)
+def main(FLAGS) -> None:
+  if FLAGS.workdir:
+    cli.log_to(os.path.join(os.path.abspath(FLAGS.workdir), "evaluate.log"))
+  else:
+    cli.log_to(os.path.join(FLAGS.out or "eval", "evaluate.log"))
+  config = FLAGS.config
+  if config is None:
+    config = checkpoint.run_config(FLAGS.workdir) if FLAGS.workdir else defaults.base()
+  evaluate(config, workdir=FLAGS.workdir, model_path=FLAGS.model, step=FLAGS.step,
+           prompts_path=FLAGS.prompts, out_dir=FLAGS.out)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -9,16 +9,15 @@ AlpacaEval read. The run's config comes from --config or its config.json.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from neft_jax import checkpoint
-from neft_jax.errors import UserError, one_line_errors
+from neft_jax import checkpoint, cli, config_check
+from neft_jax.errors import UserError
 
 
 def define_flags() -> None:
@@ -58,6 +57,7 @@ def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype
     raise UserError(f"--workdir={workdir} is not a folder; point it at a training run")
   workdir = os.path.abspath(workdir)
   config = checkpoint.run_config(workdir, config)
+  config_check.validate(config)
   prepare_out_dir(out_dir, overwrite)  # before any work, and before anything is written
   mesh, rules = train.make_mesh(config)
   model, step = checkpoint.trained_model(workdir, config, mesh, rules, step)
@@ -74,16 +74,12 @@ def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype
   return {"step": step, "files": sorted(os.listdir(out_dir)) if jax.process_index() == 0 else []}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
-  FLAGS = flags.FLAGS
-  with one_line_errors():
-    export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
-           overwrite=FLAGS.overwrite)
+def main(FLAGS) -> None:
+  if FLAGS.workdir:
+    cli.log_to(os.path.join(os.path.abspath(FLAGS.workdir), "export.log"))
+  export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
+         overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

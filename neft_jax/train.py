@@ -23,17 +23,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import checkpoint, demo, evaluate, metrics, multihost, optim, sharding, steps
+from neft_jax import (checkpoint, cli, config_check, demo, evaluate, metrics, multihost, optim,
+                      sharding, steps)
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
-from neft_jax.errors import UserError, one_line_errors
+from neft_jax.errors import UserError
 from neft_jax.models import ModelConfig, hf_io, load_hf
+
+log = logging.getLogger(__name__)
 
 
 def define_flags() -> None:
@@ -81,8 +84,8 @@ def make_mesh(config: ml_collections.ConfigDict):
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
   rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
                 for name, axes in config.sharding.rules)
-  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
-               jax.process_count())
+  log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
+           jax.process_count())
   return mesh, rules
 
 
@@ -93,8 +96,8 @@ def sharded_abstract_state(model_config: ModelConfig, optimizer, mesh, rules):
       lambda p: steps.TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
   shardings = sharding.tree_shardings(abstract, mesh, rules)
   for name in sharding.replicated_parameters(shardings.params, abstract.params):
-    logging.warning("parameter %s is replicated on all %d devices: no sharding rule splits it "
-                    "(check sharding.rules and the mesh sizes)", name, mesh.size)
+    log.warning("parameter %s is replicated on all %d devices: no sharding rule splits it "
+                "(check sharding.rules and the mesh sizes)", name, mesh.size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   return graphdef, abstract, shardings
@@ -129,7 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   `stop_after` ends this run after that many steps in total, with a
   checkpoint, as a job with a time limit would; running again resumes.
   """
-  # ---------------------------------------------------------------- workdir, mesh
+  # ---------------------------------------------------------------- config, workdir, mesh
+  config_check.validate(config)
   workdir = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
   mesh, rules = make_mesh(config)
@@ -158,10 +162,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                                    epochs=config.train.epochs, steps=config.train.steps)
   eval_data = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
   total_steps = len(train_data)
-  logging.info("train: %d examples (%d cut at max_length, %d dropped) in %d rows, %.0f%% real "
-               "tokens; %d steps (%d per epoch); eval: %d examples", len(train_set),
-               train_set.num_truncated, train_set.num_dropped, train_data.num_rows,
-               100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
+  log.info("train: %d examples (%d cut at max_length, %d dropped) in %d rows, %.0f%% real "
+           "tokens; %d steps (%d per epoch); eval: %d examples", len(train_set),
+           train_set.num_truncated, train_set.num_dropped, train_data.num_rows,
+           100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
+  if not len(eval_set):
+    log.info("no held-out evaluation: set data.eval_path, or data.eval_size to hold records of "
+             "data.path out")
 
   # ---------------------------------------------------------------- model, optimizer, state
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
@@ -180,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   if restored is not None:
     state, root_key, data_state = restored
     data_iter.set_state(data_state)
-    logging.info("resumed from step %d of %s", int(state.step), checkpoints.directory)
+    log.info("resumed from step %d of %s", int(state.step), checkpoints.directory)
   else:
     model = load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
                     dtype=model_config.dtype, scan_layers=model_config.scan_layers,
@@ -218,7 +225,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       results["answers"] = answers
     printable = {k: round(v, 4) for k, v in results.items() if k != "answers"}
     if is_main and printable:
-      print(f"eval at step {step}: {printable}", flush=True)
+      tqdm.write(f"eval at step {step}: {printable}")  # around the progress bar
     return results
 
   # ---------------------------------------------------------------- train loop
@@ -274,7 +281,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     writer.close()
     return {"before": before, "after": {}, "steps": last_step, "state": state, "preempted": True}
   after = run_evals(state.params, last_step)
-  writer.write(last_step, {k: v for k, v in after.items() if k != "answers"})
+  if after:
+    writer.write(last_step, {k: v for k, v in after.items() if k != "answers"})
   writer.close()
   if is_main and "answers" in after:
     print("held-out answers after training (expected -> model):")
@@ -290,6 +298,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   Returns, per device: bytes of parameters and optimizer state (from their
   shardings), XLA's argument, output and temporary bytes, and the step's FLOPs.
   """
+  config_check.validate(config)
   mesh, rules = make_mesh(config)
   model_config = hf_io.model_config(config.model.path, config.model, weights=False)
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps, 0, 1)
@@ -348,21 +357,18 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   return report
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
-  FLAGS = flags.FLAGS
-  with one_line_errors():
-    multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    # From here on, process 0 reports; the others speak only of problems.
-    logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    if FLAGS.dry_run:
-      dry_run(FLAGS.config)
-    else:
-      train(FLAGS.config, FLAGS.workdir)
+def main(FLAGS) -> None:
+  multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  # From here on, process 0 reports and keeps the log; the others speak only of problems.
+  is_main = jax.process_index() == 0
+  logging.getLogger().setLevel(logging.INFO if is_main else logging.WARNING)
+  if FLAGS.workdir and is_main and not FLAGS.dry_run:
+    cli.log_to(os.path.join(os.path.abspath(FLAGS.workdir), "train.log"))
+  if FLAGS.dry_run:
+    dry_run(FLAGS.config)
+  else:
+    train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)
