@@ -13,24 +13,27 @@ shapes, dtypes) does not fit the run's state is a UserError, decided before
 restoring: Orbax itself would raise on some differences and cast dtypes
 silently. Orbax writes each step to a temporary folder and renames it when
 complete, so an interrupted save never looks like a checkpoint.
+
+Reading a run folder (its config, its trained model) is `neft_jax.run`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from neft_jax.errors import UserError
 
 
 class Checkpoints:
-  def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True,
+  def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    """`directory`: an absolute local path or a bucket URL (`run.checkpoints_dir`)."""
+    self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only,
                                            enable_async_checkpointing=async_save)
@@ -86,7 +89,7 @@ class Checkpoints:
         continue
       difference = _first_difference(saved, _flat_arrays(expected))
       if difference:
-        config_file = os.path.join(os.path.dirname(self.directory), "config.json")
+        config_file = self.directory.parent / "config.json"
         raise UserError(
             f"checkpoint {step} in {self.directory} does not fit this run's state: {difference}; "
             f"resume with the config the run was started with ({config_file} shows it), "
@@ -146,49 +149,6 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def run_config(workdir: str, config=None):
-  """The run's config: the one given, or the config.json the run wrote (over the
-  current defaults, so keys added since the run have their default)."""
-  if config is not None:
-    return config
-  import json
-
-  from neft_jax import defaults
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{workdir} has no config.json; give --config, or point --workdir at a "
-                    "training run's workdir")
-  with open(path) as f:
-    saved = json.load(f)
-  config = defaults.base()
-  config.update(saved)
-  return config
-
-
-def trained_model(workdir: str, config, mesh, rules, step: int | None = None):
-  """(model, step): the decoder with a run's parameters at `step` (default: the latest)."""
-  from flax import nnx
-
-  from neft_jax import sharding
-  from neft_jax.models import hf_io
-
-  model_path = config.model.path.replace("{workdir}", os.path.abspath(workdir))
-  model_config = hf_io.model_config(model_path, config.model, weights=False)
-  graphdef, abstract = hf_io.abstract_model(model_config)
-  shardings = sharding.tree_shardings(abstract, mesh, rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserError(f"{workdir} has no checkpoints folder; point --workdir at a training run")
-  checkpoints = Checkpoints(directory, read_only=True)
-  try:
-    step, params = checkpoints.restore_params(abstract, step)
-  finally:
-    checkpoints.close()
-  return nnx.merge(graphdef, params), step
 
 
 def _flat_arrays(items: dict) -> dict:

@@ -16,8 +16,10 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from neft_jax import checkpoint, cli, config_check
+from neft_jax import cli, config_check, run, sharding
+from neft_jax.data import pipeline
 from neft_jax.errors import UserError
+from neft_jax.models import save_hf
 
 
 def define_flags() -> None:
@@ -49,20 +51,15 @@ def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype
   """Writes the run's parameters at `step` (default: latest) as a Hugging Face folder."""
   import transformers
 
-  from neft_jax import train
-  from neft_jax.data import pipeline
-  from neft_jax.models import save_hf
-
-  if not workdir or not os.path.isdir(workdir):
+  if not workdir or not run.folder(workdir).is_dir():
     raise UserError(f"--workdir={workdir} is not a folder; point it at a training run")
-  workdir = os.path.abspath(workdir)
-  config = checkpoint.run_config(workdir, config)
+  workdir = run.folder(workdir)
+  config = run.load_config(workdir, config)
   config_check.validate(config)
   prepare_out_dir(out_dir, overwrite)  # before any work, and before anything is written
-  mesh, rules = train.make_mesh(config)
-  model, step = checkpoint.trained_model(workdir, config, mesh, rules, step)
-  tokenizer_path = (config.model.tokenizer or config.model.path).replace("{workdir}", workdir)
-  tokenizer = pipeline.load_tokenizer(tokenizer_path)
+  mesh, rules = sharding.mesh_from_config(config)
+  model, step = run.trained_model(workdir, config, mesh, rules, step)
+  tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
   written = save_hf(model, out_dir, dtype=dtype)
   if jax.process_index() == 0:
     tokenizer.save_pretrained(out_dir)

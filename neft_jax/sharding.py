@@ -6,20 +6,29 @@ names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `layers`,
 mesh axes; the first rule whose mesh axes are still free and divide the
 dimension wins, and a name with no usable rule is replicated. Mesh axes of size
 1 are left out of the specs.
+
+`mesh_from_config` builds a run's mesh and rules from its config's `mesh` and
+`sharding` sections; `batch_sharding` and `global_batch` place each process's
+rows of a batch on that mesh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 from typing import Sequence
 
 import jax
+import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from neft_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # (logical name, mesh axis or axes or None), in priority order.
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -99,6 +108,40 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   shape = tuple(sizes[name] for name in MESH_AXES)
   return jax.make_mesh(shape, MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def mesh_from_config(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple]:
+  """(mesh, rules) of a run: `mesh.data`, `mesh.fsdp`, `mesh.tensor` and
+  `mesh.num_devices`, and the `sharding.rules` as tuples."""
+  devices = jax.devices()
+  if config.mesh.num_devices:
+    if jax.process_count() > 1:
+      raise UserError("mesh.num_devices selects devices of a single process; leave it 0 "
+                      "on a multi-process job")
+    devices = devices[: config.mesh.num_devices]
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                for name, axes in config.sharding.rules)
+  log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
+           jax.process_count())
+  return mesh, rules
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, leading_axes: int) -> NamedSharding:
+  """Rows over the batch mesh axes; `leading_axes` unsharded axes in front (accumulation)."""
+  spec = logical_to_spec(("batch",), rules, mesh=mesh)
+  return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), spec[0], None))
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+  """How many ways the rows of a batch are split."""
+  return math.prod(mesh.shape[a] for a in _as_tuple(logical_to_spec(("batch",), rules, mesh=mesh)[0]))
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """A batch of global arrays from each process's own rows (`batch_sharding`)."""
+  return {name: jax.make_array_from_process_local_data(sharding, rows)
+          for name, rows in local.items()}
 
 
 def _is_variable(x) -> bool:

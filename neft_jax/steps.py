@@ -2,6 +2,7 @@
 
     train_step(state, batch, key) -> (state, metrics)
     eval_step(params, batch) -> sums of loss, response tokens and correct tokens
+    eval_loss(eval_step, params, batches, to_global) -> mean loss and token accuracy
 
 A batch holds `input_ids`, `segment_ids` (0 on padding, 1, 2, ... per packed
 example) and `loss_mask` (True on response tokens), each [accum, rows, length]
@@ -116,3 +117,20 @@ def make_eval_step(graphdef: nnx.GraphDef):
     return {"loss_sum": losses.sum(), "tokens": mask.sum(), "correct": correct.sum()}
 
   return eval_step
+
+
+
+def eval_loss(eval_step, params, batches, to_global) -> dict:
+  """Mean response-token loss and token accuracy over every batch of `batches`.
+
+  `eval_step` is the jitted `make_eval_step`; `batches` yields this process's
+  rows, which `to_global` makes global arrays (`sharding.global_batch`).
+  """
+  totals = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
+  for batch in batches:
+    sums = jax.device_get(eval_step(params, to_global(batch)))
+    for name in totals:
+      totals[name] += sums[name]
+  tokens = max(int(totals["tokens"]), 1)
+  return {"eval_loss": float(totals["loss_sum"]) / tokens,
+          "eval_token_accuracy": float(totals["correct"]) / tokens}

@@ -25,12 +25,12 @@ import ml_collections
 import numpy as np
 from absl import flags
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import (checkpoint, cli, config_check, demo, evaluate, metrics, multihost, optim,
+from neft_jax import (checkpoint, cli, config_check, demo, metrics, multihost, optim, run,
                       sharding, steps)
+from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
 from neft_jax.errors import UserError
@@ -54,11 +54,6 @@ def define_flags() -> None:
 NOISE_KEY = 1
 
 
-def _resolve(path: str, workdir: str) -> str:
-  """Config paths may say {workdir}."""
-  return path.replace("{workdir}", workdir) if path else path
-
-
 def prepare_workdir(workdir: str) -> str:
   if not workdir:
     raise UserError("--workdir is required: where checkpoints, metrics and logs go")
@@ -72,21 +67,6 @@ def prepare_workdir(workdir: str) -> str:
   except OSError as e:
     raise UserError(f"workdir {workdir} cannot be written ({e.strerror}); choose another --workdir") from None
   return workdir
-
-
-def make_mesh(config: ml_collections.ConfigDict):
-  devices = jax.devices()
-  if config.mesh.num_devices:
-    if jax.process_count() > 1:
-      raise UserError("mesh.num_devices selects devices of a single process; leave it 0 "
-                      "on a multi-process job")
-    devices = devices[: config.mesh.num_devices]
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
-  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-                for name, axes in config.sharding.rules)
-  log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
-           jax.process_count())
-  return mesh, rules
 
 
 def sharded_abstract_state(model_config: ModelConfig, optimizer, mesh, rules):
@@ -103,23 +83,8 @@ def sharded_abstract_state(model_config: ModelConfig, optimizer, mesh, rules):
   return graphdef, abstract, shardings
 
 
-def batch_sharding(mesh, rules, leading_axes: int) -> NamedSharding:
-  """Rows over the batch mesh axes; `leading_axes` unsharded axes in front (accumulation)."""
-  spec = sharding.logical_to_spec(("batch",), rules, mesh=mesh)
-  return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), spec[0], None))
-
-
-def data_parallel_size(mesh, rules) -> int:
-  spec = sharding.logical_to_spec(("batch",), rules, mesh=mesh)[0]
-  axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-  return int(np.prod([mesh.shape[a] for a in axes]))
-
-
 def _check_layout(layout: batching.BatchLayout, mesh, rules) -> None:
-  if layout.batch_size % layout.grad_accum_steps:
-    raise UserError(f"train.batch_size={layout.batch_size} is not a multiple of "
-                    f"train.grad_accum_steps={layout.grad_accum_steps}")
-  parallel = data_parallel_size(mesh, rules)
+  parallel = sharding.data_parallel_size(mesh, rules)
   if layout.micro_batch_size % parallel:
     raise UserError(f"train.batch_size={layout.batch_size} / train.grad_accum_steps="
                     f"{layout.grad_accum_steps} = {layout.micro_batch_size} rows per micro-batch do "
@@ -136,21 +101,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   config_check.validate(config)
   workdir = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
-  mesh, rules = make_mesh(config)
+  mesh, rules = sharding.mesh_from_config(config)
 
   # ---------------------------------------------------------------- demo assets
-  model_path = _resolve(config.model.path, workdir)
+  model_path = run.resolve(config.model.path, workdir)
+  data_config = run.data_config(config, workdir)
   if "demo" in config:
-    demo.prepare(config.demo, model_path, os.path.dirname(_resolve(config.data.path, workdir)),
-                 config.seed)
-  data_config = config.data.copy_and_resolve_references()
-  with data_config.unlocked():
-    data_config.path = _resolve(config.data.path, workdir)
-    data_config.eval_path = _resolve(config.data.eval_path, workdir)
+    demo.prepare(config.demo, model_path, os.path.dirname(data_config.path), config.seed)
 
   # ---------------------------------------------------------------- data
-  tokenizer = pipeline.load_tokenizer(_resolve(config.model.tokenizer, workdir) or model_path,
-                                      "model.tokenizer" if config.model.tokenizer else "model.path")
+  tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
   model_config = hf_io.model_config(model_path, config.model)  # its family decides BOS
   train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed,
                                                   bos=start_token(model_config, tokenizer))
@@ -174,15 +134,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
   graphdef, abstract_state, state_shardings = sharded_abstract_state(
       model_config, optimizer, mesh, rules)
-  checkpoints = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
+  checkpoints = checkpoint.Checkpoints(run.checkpoints_dir(workdir),
                                        max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
   root_key = jax.random.key(config.seed)
   # A checkpoint that does not fit this config stops the run here, before it writes anything.
   restored = checkpoints.restore_latest(abstract_state, root_key)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    run.write_config(workdir, config)
   data_iter = train_data.iterator()
   if restored is not None:
     state, root_key, data_state = restored
@@ -203,22 +162,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise),
                        donate_argnums=0, out_shardings=(state_shardings, None))
   eval_step = jax.jit(steps.make_eval_step(graphdef))
-  train_sharding, eval_sharding = batch_sharding(mesh, rules, 1), batch_sharding(mesh, rules, 0)
+  train_sharding = sharding.batch_sharding(mesh, rules, 1)
+  eval_sharding = sharding.batch_sharding(mesh, rules, 0)
   flops_per_token = metrics.train_flops_per_token(model_config, config.data.max_length)
   peak_flops = metrics.peak_flops_per_device(jax.devices()[0].device_kind, config.train.peak_tflops)
-
-  def global_batch(local, batch_sharding):
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
 
   def run_evals(params, step: int) -> dict:
     results = {}
     if len(eval_set):
       with sharding.activation_rules(mesh, rules):
-        results = evaluate.eval_loss(eval_step, params, eval_data,
-                                     lambda b: global_batch(b, eval_sharding))
+        results = steps.eval_loss(eval_step, params, eval_data,
+                                  lambda b: sharding.global_batch(b, eval_sharding))
     if config.eval.exact_match and len(eval_set):
       model = nnx.merge(graphdef, params)
-      score, answers = evaluate.exact_match(
+      score, answers = exact_match(
           model, tokenizer, eval_set.records[: config.eval.exact_match_examples],
           template=config.data.template, max_new_tokens=config.eval.max_new_tokens)
       results["eval_exact_match"] = score
@@ -241,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   last_step = total_steps if stop_after is None else min(stop_after, total_steps)
   preempted = False
   for step in range(first_step, last_step):
-    batch = global_batch(next(data_iter), train_sharding)
+    batch = sharding.global_batch(next(data_iter), train_sharding)
     with sharding.activation_rules(mesh, rules):
       state, step_metrics = train_step(state, batch, noise_key)
     pending.append(step_metrics)
@@ -299,7 +256,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   shardings), XLA's argument, output and temporary bytes, and the step's FLOPs.
   """
   config_check.validate(config)
-  mesh, rules = make_mesh(config)
+  mesh, rules = sharding.mesh_from_config(config)
   model_config = hf_io.model_config(config.model.path, config.model, weights=False)
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps, 0, 1)
   _check_layout(layout, mesh, rules)
@@ -307,7 +264,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   optimizer, learning_rate = optim.optimizer(config.optim, steps_for_schedule)
   graphdef, abstract_state, _ = sharded_abstract_state(model_config, optimizer, mesh, rules)
   shape = (layout.grad_accum_steps, layout.micro_batch_size, config.data.max_length)
-  batch_spec = batch_sharding(mesh, rules, 1)
+  batch_spec = sharding.batch_sharding(mesh, rules, 1)
   abstract_batch = {
       "input_ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_spec),
       "segment_ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_spec),

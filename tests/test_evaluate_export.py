@@ -11,9 +11,10 @@ import pytest
 import torch
 import transformers
 
-from neft_jax import checkpoint, evaluate, export, train
+from neft_jax import evaluate, export, sharding, train
 from neft_jax.errors import UserError
 from neft_jax.models import load_hf
+from neft_jax.run import trained_model
 from tests.conftest import shared_data
 from tests.test_train import shrunk_config
 
@@ -50,8 +51,8 @@ def test_export_loads_in_transformers_with_equal_logits(run, tmp_path):
   ids = np.array([tokenizer("Reverse the letters of the word.\nabc")["input_ids"]])
   with torch.no_grad():
     reference = torch_model.eval()(torch.tensor(ids)).logits.numpy()
-  mesh, rules = train.make_mesh(config)
-  trained, step = checkpoint.trained_model(str(workdir), config, mesh, rules)
+  mesh, rules = sharding.mesh_from_config(config)
+  trained, step = trained_model(str(workdir), config, mesh, rules)
   np.testing.assert_allclose(np.asarray(trained(jnp.asarray(ids))), reference, atol=1e-4, rtol=0)
   # An earlier step exports too, and differs.
   export.export(config, str(workdir), str(tmp_path / "hf3"), step=3)

@@ -32,6 +32,14 @@ class BatchLayout:
   process_index: int = 0
   process_count: int = 1
 
+  def __post_init__(self):
+    if self.batch_size < 1 or self.grad_accum_steps < 1:
+      raise UserError(f"train.batch_size={self.batch_size} and train.grad_accum_steps="
+                      f"{self.grad_accum_steps} must be at least 1")
+    if self.batch_size % self.grad_accum_steps:
+      raise UserError(f"train.batch_size={self.batch_size} is not a multiple of "
+                      f"train.grad_accum_steps={self.grad_accum_steps}")
+
   @property
   def micro_batch_size(self) -> int:
     return self.batch_size // self.grad_accum_steps
@@ -130,9 +138,6 @@ class TrainData:
 def train_data(data: TokenizedSet, *, max_length: int, packing: bool, seed: int, layout: BatchLayout,
                epochs: int = 1, steps: int = 0) -> TrainData:
   """Steps for `epochs` passes, or (with steps > 0) as many epochs as `steps` needs."""
-  if layout.batch_size % layout.grad_accum_steps:
-    raise UserError(f"train.batch_size={layout.batch_size} is not a multiple of "
-                    f"train.grad_accum_steps={layout.grad_accum_steps}")
   lengths = data.lengths
   plan: list[np.ndarray] = []
   epoch = 0

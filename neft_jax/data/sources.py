@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 
 from neft_jax.errors import UserError
+from neft_jax.hub import is_hub_id
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +128,7 @@ def load_records(path: str, *, split: str = "train", fields: Fields = Fields(),
     records = []
     for file in _local_files(path):
       records += _records(_load_file(file), file, fields)
-  elif _HUB_ID.match(path):
+  elif is_hub_id(path):
     records = _records(_load_hub(path, split), f"{path} [{split}]", fields)
   else:
     raise UserError(f"{config_key}={path!r} does not exist; give a local file or folder, "

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, Sharding
 
 from neft_jax import sharding as sharding_lib
 from neft_jax.errors import UserError
+from neft_jax.hub import is_hub_id
 from neft_jax.models import gpt2, llama, qwen2
 from neft_jax.models.config import OPTION_NAMES, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
@@ -38,7 +39,6 @@ FAMILIES = {family.MODEL_TYPE: family for family in (gpt2, llama, qwen2)}
 CONFIG_FILE = "config.json"
 # Checkpoint dtypes that convert to a float parameter without loss of meaning.
 _CASTABLE = tuple(np.dtype(d) for d in (np.float16, jnp.bfloat16, np.float32, np.float64))
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 # Reading the config --------------------------------------------------------------
@@ -51,7 +51,7 @@ def resolve_checkpoint(path: str, *, weights: bool = True) -> str:
     return path
   if os.path.exists(path):
     raise UserError(f"{path} is a file; give the folder that holds config.json and the weights")
-  if not _HUB_ID.match(path):
+  if not is_hub_id(path):
     raise UserError(f"{path} does not exist; give a local checkpoint folder or a hub id like 'gpt2'")
   try:
     import huggingface_hub
