@@ -17,18 +17,22 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup over warmup_ratio of the steps, then cosine or linear decay to 0."""
+  """Linear warmup from 0 over warmup_ratio of the steps, then cosine or linear decay to 0
+  at `total_steps`, or the peak held (optax's schedules)."""
   peak = config.learning_rate
   warmup = int(round(config.warmup_ratio * total_steps))
+  decay_steps = max(total_steps - warmup, 1)
   if config.schedule not in SCHEDULES:
     raise UserError(f"optim.schedule={config.schedule!r} is not one of {list(SCHEDULES)}")
+  # optax's warmup of 0 steps holds its initial value, so warmup 0 takes the decay alone.
+  if config.schedule == "cosine":
+    if not warmup:
+      return optax.cosine_decay_schedule(peak, decay_steps)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, warmup + decay_steps)
   if config.schedule == "constant":
-    decay = optax.constant_schedule(peak)
-  elif config.schedule == "cosine":
-    decay = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1))
-  else:
-    decay = optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))
-  if warmup == 0:
+    return optax.warmup_constant_schedule(0.0, peak, warmup) if warmup else optax.constant_schedule(peak)
+  decay = optax.linear_schedule(peak, 0.0, decay_steps)
+  if not warmup:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
