@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import transformers
 
-from neft_jax.evaluate import prompt_tokens
+from neft_jax.answers import prompt_tokens
 from neft_jax.data import templates
 from neft_jax.data.sources import Record, load_records
 from neft_jax.data.tokenize import encode_prompts, start_token, tokenize
