@@ -18,7 +18,7 @@ def base() -> ml_collections.ConfigDict:
   config.model = dict(
       path="",          # Hugging Face checkpoint folder or hub id; holds the tokenizer too
       tokenizer="",     # another tokenizer folder or hub id (default: model.path)
-      param_dtype="float32",  # parameters (and optimizer moments)
+      param_dtype="float32",  # parameters (the optimizer moments are always float32)
       dtype="bfloat16",       # compute
       scan_layers=True,
       remat="none",     # none | full | dots | dots_no_batch

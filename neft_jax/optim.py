@@ -1,7 +1,10 @@
 """The optimizer: global-norm clipping, then AdamW on a warmup + decay schedule.
 
 Weight decay (when not 0) applies to matrices only, not to norm scales and
-biases. Optimizer moments are float32 whatever the parameter dtype.
+biases. Both Adam moments are float32 whatever the parameter dtype
+(`float32_moments`): optax's adam keeps only the first moment in its
+`mu_dtype` and makes the second in the parameters' dtype, and a bfloat16
+second moment loses the small squared gradients it averages.
 """
 
 from __future__ import annotations
@@ -45,6 +48,24 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def float32_moments(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` run in float32: its state initialized from float32 copies of the
+  parameters, and the gradients cast to float32 before each update (so a
+  squared bfloat16 gradient is not rounded to bfloat16). The updates come out
+  float32, and `optax.apply_updates` casts each to its parameter's dtype.
+  """
+  def to_float32(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+
+  def init(params):
+    return inner.init(to_float32(params))
+
+  def update(grads, state, params=None):
+    return inner.update(to_float32(grads), state, params)
+
+  return optax.GradientTransformation(init, update)
+
+
 def optimizer(config: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   lr = schedule(config, total_steps)
   chain = []
@@ -56,4 +77,4 @@ def optimizer(config: ml_collections.ConfigDict, total_steps: int) -> tuple[opta
                              mask=_decay_mask))
   else:  # the same update, without a pass that adds 0 * params
     chain.append(optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=jnp.float32))
-  return optax.chain(*chain), lr
+  return float32_moments(optax.chain(*chain)), lr
