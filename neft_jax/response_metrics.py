@@ -22,7 +22,8 @@ SimCTG), with these conventions:
     sees the last n-gram; we count every window;
   * diversity = (1 - rep_2) * (1 - rep_3) * (1 - rep_4), as a fraction in
     [0, 1]; the authors' code divides these fractions by 100 once more, as if
-    they were percentages, a slip we do not reproduce;
+    they were percentages, a slip we do not reproduce (it came with
+    lm-watermarking's copy of SimCTG's code, not from SimCTG);
   * log_diversity = -ln(max(1 - diversity, e^-20)); the e^-20 floor is the
     authors', so a response without a repeated n-gram scores exactly 20;
   * every metric is computed per response and then averaged over responses
