@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -160,7 +161,7 @@ def summarize(rows: list[dict]) -> dict:
       "eval_loss_after": evals[-1]["eval_loss"] if len(evals) > 1 else None,
       "tokens_per_sec": median_of(timed, "tokens_per_sec"),
       "mfu": median_of(timed, "mfu"),
-      "finite": all(row["loss"] == row["loss"] for row in train) and bool(train),
+      "finite": bool(train) and all(math.isfinite(row["loss"]) for row in train),
   }
 
 
