@@ -34,9 +34,10 @@ class Checkpoints:
                read_only: bool = False):
     """`directory`: an absolute local path or a bucket URL (`run.checkpoints_dir`)."""
     self.directory = epath.Path(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           read_only=read_only,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else max_to_keep, create=not read_only,
+        save_interval_steps=0 if read_only else 1,  # as Orbax sets them itself, with a warning
+        read_only=read_only, enable_async_checkpointing=async_save)
     # Handlers named up front, so each item's metadata reads before any restore.
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
         params=ocp.StandardCheckpointHandler(), optimizer=ocp.StandardCheckpointHandler(),
