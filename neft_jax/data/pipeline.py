@@ -12,6 +12,7 @@ from neft_jax.data import templates
 from neft_jax.data.sources import Fields, Record, load_records
 from neft_jax.data.tokenize import TokenizedSet, tokenize
 from neft_jax.errors import UserError
+from neft_jax.hub import is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,17 @@ def load_tokenizer(path: str, config_key: str = "model.path"):
                     "its tokenizer")
   if not os.path.isdir(path) and os.path.exists(path):
     raise UserError(f"{config_key}={path!r} is a file; give the folder that holds the tokenizer")
+  unreachable = (f"{config_key}={path!r} is neither a folder nor a reachable hub id; point "
+                 f"{config_key} at a folder with the checkpoint and its tokenizer, or at a hub id "
+                 "where the hub can be reached")
+  if not os.path.isdir(path) and not is_hub_id(path):
+    raise UserError(unreachable)
   try:
     return transformers.AutoTokenizer.from_pretrained(path)
   except Exception as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if not os.path.isdir(path):
+      raise UserError(f"{unreachable} ({reason})") from None
     raise UserError(f"no tokenizer could be loaded from {config_key}={path!r} ({reason}); point "
                     f"{config_key} at a folder with the tokenizer files, or a hub id") from None
 
