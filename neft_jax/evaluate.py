@@ -147,7 +147,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
 
 def main(FLAGS) -> None:
   if FLAGS.workdir:
-    cli.log_to(os.path.join(os.path.abspath(FLAGS.workdir), "evaluate.log"))
+    cli.log_to(str(run.folder(FLAGS.workdir) / "evaluate.log"))
   else:
     cli.log_to(os.path.join(FLAGS.out or "eval", "evaluate.log"))
   config = FLAGS.config

@@ -73,7 +73,7 @@ def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype
 
 def main(FLAGS) -> None:
   if FLAGS.workdir:
-    cli.log_to(os.path.join(os.path.abspath(FLAGS.workdir), "export.log"))
+    cli.log_to(str(run.folder(FLAGS.workdir) / "export.log"))
   export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
          overwrite=FLAGS.overwrite)
 

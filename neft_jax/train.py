@@ -320,7 +320,7 @@ def main(FLAGS) -> None:
   is_main = jax.process_index() == 0
   logging.getLogger().setLevel(logging.INFO if is_main else logging.WARNING)
   if FLAGS.workdir and is_main and not FLAGS.dry_run:
-    cli.log_to(os.path.join(os.path.abspath(FLAGS.workdir), "train.log"))
+    cli.log_to(str(run.folder(FLAGS.workdir) / "train.log"))
   if FLAGS.dry_run:
     dry_run(FLAGS.config)
   else:
