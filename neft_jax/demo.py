@@ -14,23 +14,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 
 from neft_jax.data import demo_tasks, templates
+from neft_jax.errors import UserError
 from neft_jax.models import ModelConfig, Transformer, save_hf
+from neft_jax.run import in_bucket
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 
 
-def _write_records(path: str, records) -> None:
-  with open(path, "w") as f:
-    json.dump([dataclasses.asdict(r) for r in records], f, indent=1)
+def _write_records(path: epath.Path, records) -> None:
+  path.write_text(json.dumps([dataclasses.asdict(r) for r in records], indent=1))
 
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int):
@@ -59,23 +60,33 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int):
 
 
 def prepare(config: ml_collections.ConfigDict, model_dir: str, data_dir: str, seed: int) -> None:
-  """Writes the demo's data, tokenizer and initial model, unless already there."""
-  if jax.process_index() == 0 and not os.path.exists(os.path.join(model_dir, "config.json")):
-    os.makedirs(data_dir, exist_ok=True)
-    os.makedirs(model_dir, exist_ok=True)
+  """Writes the demo's data, tokenizer and initial model, unless already there.
+
+  The files go through epath, but the model and data loaders read local paths
+  only, so with a bucket workdir the demo's model and data must be set local.
+  """
+  for key, path in (("model.path", model_dir), ("data.path", data_dir)):
+    if in_bucket(path):
+      raise UserError(f"{key}={path} is in a bucket, but models and data are read from local "
+                      f"paths; with a bucket --workdir, set {key} (and data.eval_path) to a "
+                      "local folder for the demo's files")
+  model_dir, data_dir = epath.Path(model_dir), epath.Path(data_dir)
+  if jax.process_index() == 0 and not (model_dir / "config.json").exists():
+    data_dir.mkdir(parents=True, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
     train = demo_tasks.generate(config.train_examples, seed=seed)
     held_out = demo_tasks.generate(config.eval_examples, seed=seed + 1)
-    _write_records(os.path.join(data_dir, "train.json"), train)
-    _write_records(os.path.join(data_dir, "eval.json"), held_out)
+    _write_records(data_dir / "train.json", train)
+    _write_records(data_dir / "eval.json", held_out)
     texts = [templates.prompt(r, "alpaca") + r.output for r in train]
     tokenizer = train_tokenizer(texts, config.vocab_size,
                                 max(2, int(config.min_merge_fraction * len(train))))
-    tokenizer.save_pretrained(model_dir)
+    tokenizer.save_pretrained(str(model_dir))
     cfg = ModelConfig(family="llama", vocab_size=len(tokenizer),
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, **config.model)
     model = Transformer(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(seed), 0)))
-    save_hf(model, model_dir)
+    save_hf(model, str(model_dir))
     log.info("demo: wrote %d train and %d held-out examples, a %d-token tokenizer and a "
              "%.2fM-parameter model", len(train), len(held_out), len(tokenizer),
              cfg.num_params() / 1e6)

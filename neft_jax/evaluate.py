@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
@@ -132,14 +133,13 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
   summary |= response_metrics.summarize(
       answers, references if has_references else None, prefix_tokens=config.eval.metrics_prefix_tokens)
 
-  if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
+  if jax.process_index() == 0:  # through epath: the run's folder may be a bucket
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     outputs = [{"instruction": r["instruction"], "output": answer, "generator": generator,
                 "dataset": r.get("dataset", dataset)} for r, answer in zip(records, answers)]
-    with open(os.path.join(out_dir, "model_outputs.json"), "w") as f:
-      json.dump(outputs, f, indent=2, ensure_ascii=False)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    (out_dir / "model_outputs.json").write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(response_metrics.format_table({k: v for k, v in summary.items() if k != "generator"}))
     print(f"wrote {len(outputs)} generations and the summary to {out_dir}")
   return summary

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -54,18 +55,19 @@ def define_flags() -> None:
 NOISE_KEY = 1
 
 
-def prepare_workdir(workdir: str) -> str:
+def prepare_workdir(workdir: str) -> epath.Path:
+  """The workdir, made and checked writable (a local folder or a bucket, through epath)."""
   if not workdir:
     raise UserError("--workdir is required: where checkpoints, metrics and logs go")
-  workdir = os.path.abspath(workdir)
+  workdir = run.folder(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"workdir {workdir} cannot be written ({e.strerror}); choose another --workdir") from None
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write_test_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # OSError locally; a bucket's client raises its own errors
+    reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    raise UserError(f"workdir {workdir} cannot be written ({reason}); choose another --workdir") from None
   return workdir
 
 

@@ -1,8 +1,13 @@
-"""MFU: the FLOP count per token and the peak table."""
+"""metrics.jsonl written through epath (appended, or rewritten as on a bucket); MFU."""
 
+import json
+import os
+
+import numpy as np
 import pytest
+from etils import epath
 
-from neft_jax import metrics
+from neft_jax import metrics, run
 from neft_jax.models import ModelConfig
 
 LLAMA2_7B = ModelConfig(family="llama", vocab_size=32000, embed_dim=4096, num_layers=32,
@@ -27,3 +32,33 @@ def test_peak_table(kind, peak):
 
 def test_peak_override():
   assert metrics.peak_flops_per_device("cpu", 0.5) == 0.5e12
+
+
+def rows(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("append", [True, False])  # False: as on a bucket, which has no append
+def test_metrics_jsonl_round_trip_and_resume(tmp_path, append):
+  workdir = epath.Path(tmp_path)
+  writer = metrics.MetricsWriter(workdir, enabled=True, append=append, flush_every_s=3600)
+  writer.write(0, {"eval_loss": 2.5})
+  writer.write(1, {"loss": 2.0, "learning_rate": np.float32(1e-4)})
+  if not append:  # the first row at once, the next only after flush_every_s or at close
+    assert rows(workdir / "metrics.jsonl") == [{"step": 0, "eval_loss": 2.5}]
+  writer.close()
+  resumed = metrics.MetricsWriter(str(workdir), enabled=True, append=append, flush_every_s=0)
+  resumed.write(2, {"loss": 1.5})
+  assert rows(workdir / "metrics.jsonl")[-1] == {"step": 2, "loss": 1.5}
+  resumed.close()
+  assert rows(workdir / "metrics.jsonl") == [
+      {"step": 0, "eval_loss": 2.5}, {"step": 1, "loss": 2.0, "learning_rate": pytest.approx(1e-4)},
+      {"step": 2, "loss": 1.5}]
+  assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_bucket_paths_are_rewritten_local_paths_appended(tmp_path):
+  assert run.in_bucket("gs://bucket/run/metrics.jsonl") and not run.in_bucket(tmp_path)
+  writer = metrics.MetricsWriter(tmp_path, enabled=True)
+  assert writer.append
+  writer.close()
