@@ -28,6 +28,8 @@ from etils import epath
 
 from neft_jax.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 class Checkpoints:
   def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True,
@@ -54,8 +56,8 @@ class Checkpoints:
     deleted first: the run has come back to its step and replaces it.
     """
     if step in self.unrestorable and step in self.manager.all_steps():
-      logging.warning("replacing checkpoint %d in %s, which could not be restored", step,
-                      self.directory)
+      log.warning("replacing checkpoint %d in %s, which could not be restored", step,
+                  self.directory)
       self.manager.delete(step)
       self.unrestorable.remove(step)
     key_data = np.asarray(jax.random.key_data(root_key)).tolist()
@@ -143,8 +145,8 @@ class Checkpoints:
 
   def _skip(self, step: int, error: Exception) -> None:
     message = str(error).splitlines()[0] if str(error) else ""
-    logging.warning("checkpoint %d in %s could not be restored (%s: %s); trying an older one",
-                    step, self.directory, type(error).__name__, message)
+    log.warning("checkpoint %d in %s could not be restored (%s: %s); trying an older one",
+                step, self.directory, type(error).__name__, message)
     self.unrestorable.append(step)
 
   def close(self) -> None:
