@@ -5,17 +5,21 @@ what is allowed. The choices come from the modules that implement them (the
 dtypes, remat policies and attention kernels of the model, the templates, the
 noise distributions, the schedules, the mesh axes). Checks that need the data
 or the model (the prompt template against data.max_length, a batch against
-the devices, a prompt against the model's positions) stay where those are read.
+the devices, a prompt against the model's positions) stay where those are read;
+`check_model` holds the config against the model's config.json.
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 from typing import Callable
 
 import ml_collections
 
 from neft_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 Check = Callable[[object], "str | None"]  # None when the value is good, else what is allowed
 
@@ -214,6 +218,16 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       found.append(f"generate.max_new_tokens={config.generate.max_new_tokens} leaves no room for "
                    f"a prompt in demo.model.max_positions={model.max_positions}")
   return found
+
+
+def check_model(config: ml_collections.ConfigDict, model_config) -> None:
+  """The config against the model's own config.json (a ModelConfig): its positions."""
+  length, positions = config.data.max_length, model_config.max_positions
+  if length > positions:
+    message = f"data.max_length={length} is more than the model's {positions} positions"
+    if model_config.positions == "learned":  # a position past the table has no embedding
+      raise UserError(f"{message}, which are learned; set data.max_length to at most {positions}")
+    log.warning("%s; rotary positions past them were not pretrained", message)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

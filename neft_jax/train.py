@@ -114,6 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # ---------------------------------------------------------------- data
   tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
   model_config = hf_io.model_config(model_path, config.model)  # its family decides BOS
+  config_check.check_model(config, model_config)
   train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed,
                                                   bos=start_token(model_config, tokenizer))
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
@@ -260,6 +261,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   config_check.validate(config)
   mesh, rules = sharding.mesh_from_config(config)
   model_config = hf_io.model_config(config.model.path, config.model, weights=False)
+  config_check.check_model(config, model_config)
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps, 0, 1)
   _check_layout(layout, mesh, rules)
   steps_for_schedule = config.train.steps or 1000

@@ -136,6 +136,17 @@ def test_dry_run_evaluate_and_export_validate_first(tmp_path):
   assert os.listdir(tmp_path) == ["run"] and not os.listdir(tmp_path / "run")
 
 
+def test_max_length_past_learned_positions_stops_the_dry_run(tmp_path):
+  from tests import tiny_models
+  tiny_models.build("gpt2", tmp_path / "gpt2")  # 128 learned positions
+  config = defaults.base()
+  config.model.path, config.data.max_length = str(tmp_path / "gpt2"), 256
+  with pytest.raises(UserError) as info:
+    train.dry_run(config)
+  assert str(info.value) == ("data.max_length=256 is more than the model's 128 positions, which "
+                             "are learned; set data.max_length to at most 128")
+
+
 def leaf_keys(config, prefix=""):
   for name, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
