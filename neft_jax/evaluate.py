@@ -107,8 +107,9 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     batches = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
     eval_sharding = sharding.batch_sharding(mesh, rules, 0)
     graphdef, params = nnx.split(model)
+    eval_step = jax.jit(steps.make_eval_step(graphdef, config.train.get("loss_chunk_size", 0)))
     with sharding.activation_rules(mesh, rules):
-      losses = steps.eval_loss(jax.jit(steps.make_eval_step(graphdef)), params, batches,
+      losses = steps.eval_loss(eval_step, params, batches,
                                lambda b: sharding.global_batch(b, eval_sharding))
     summary |= losses | {"eval_perplexity": float(np.exp(losses["eval_loss"]))}
 

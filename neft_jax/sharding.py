@@ -188,6 +188,17 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def shard_count(logical_axis: str, size: int) -> int:
+  """Into how many pieces `constrain` splits a dimension of `size` named
+  `logical_axis` (1 outside `activation_rules`)."""
+  active = _ACTIVE.get()
+  if active is None:
+    return 1
+  mesh, rules = active
+  spec = logical_to_spec((logical_axis,), rules, (size,), mesh)
+  return math.prod(mesh.shape[axis] for axis in _as_tuple(spec[0]))
+
+
 def replicated_parameters(shardings, abstract_state, min_bytes: int = 1 << 24) -> list[str]:
   """Names of parameters of at least `min_bytes` that are whole on every device.
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from neft_jax import neftune
+from neft_jax import loss, neftune
 
 
 @flax.struct.dataclass
@@ -53,24 +53,40 @@ def target_mask(batch) -> jax.Array:
   return next_is_response & (next_segments == segments) & (next_segments != 0)
 
 
-def token_losses(model, batch, *, noise: Noise = Noise(), noise_key=None):
-  """Per-token cross-entropy, the target mask, and whether the argmax is right."""
+def _hidden_and_targets(model, batch, noise: Noise, noise_key):
+  """The final-normed hidden states [batch, length, embed] and the next tokens."""
   input_ids, segment_ids = batch["input_ids"], batch["segment_ids"]
   embeddings = model.embed_tokens(input_ids)
   if noise.alpha:
     embeddings = neftune.add_noise(embeddings, noise_key, alpha=noise.alpha,
                                    segment_ids=segment_ids, distribution=noise.distribution)
-  logits_btv = model(embeddings=embeddings, segment_ids=segment_ids)
+  hidden_btd = model.hidden_states(embeddings=embeddings, segment_ids=segment_ids)
   targets_bt = jnp.concatenate([input_ids[:, 1:], input_ids[:, :1]], axis=1)
+  return hidden_btd, targets_bt
+
+
+def token_losses(model, batch, *, noise: Noise = Noise(), noise_key=None, loss_chunk_size: int = 0):
+  """Per-token cross-entropy, the target mask, and whether the argmax is right.
+
+  `loss_chunk_size` > 0 computes the output layer that many positions at a
+  time (see `neft_jax.loss`); the results are the same.
+  """
+  hidden_btd, targets_bt = _hidden_and_targets(model, batch, noise, noise_key)
   mask_bt = target_mask(batch)
-  losses_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt)
-  correct_bt = (jnp.argmax(logits_btv, axis=-1) == targets_bt) & mask_bt
-  return jnp.where(mask_bt, losses_bt, 0.0), mask_bt, correct_bt
+  losses_bt, hits_bt = loss.token_losses_and_hits(hidden_btd, model.head(), targets_bt,
+                                                  loss_chunk_size)
+  return jnp.where(mask_bt, losses_bt, 0.0), mask_bt, hits_bt & mask_bt
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    learning_rate: optax.Schedule, noise: Noise):
-  """The train step for a model structure, an optimizer and NEFTune settings."""
+                    learning_rate: optax.Schedule, noise: Noise, loss_chunk_size: int = 0):
+  """The train step for a model structure, an optimizer and NEFTune settings.
+
+  `loss_chunk_size` > 0 runs the output layer and its loss over that many
+  positions of every row at a time, fused with their gradients
+  (`neft_jax.loss.masked_loss_sum`); 0 computes the whole micro-batch's
+  logits at once.
+  """
 
   def train_step(state: TrainState, batch, key):
     total_tokens = jnp.maximum(target_mask(batch).sum(), 1).astype(jnp.float32)
@@ -80,19 +96,21 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     def micro_step(micro_batch, index):
       def loss_fn(params):
         model = nnx.merge(graphdef, params)
-        losses, _, _ = token_losses(model, micro_batch, noise=noise,
-                                    noise_key=jax.random.fold_in(step_key, index))
-        return losses.sum() / total_tokens
+        hidden_btd, targets_bt = _hidden_and_targets(
+            model, micro_batch, noise, jax.random.fold_in(step_key, index))
+        loss_sum = loss.masked_loss_sum(hidden_btd, model.head(), targets_bt,
+                                        target_mask(micro_batch), loss_chunk_size)
+        return loss_sum / total_tokens
 
-      loss, grads = jax.value_and_grad(loss_fn)(state.params)
-      return loss, grads
+      loss_value, grads = jax.value_and_grad(loss_fn)(state.params)
+      return loss_value, grads
 
     if num_micro == 1:
       losses, grads = micro_step(jax.tree.map(lambda x: x[0], batch), 0)
     else:
       def accumulate(grad_sum, inputs):
-        loss, grads = micro_step(*inputs)
-        return jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grad_sum, grads), loss
+        loss_value, grads = micro_step(*inputs)
+        return jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grad_sum, grads), loss_value
 
       zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
       grads, losses = jax.lax.scan(accumulate, zeros, (batch, jnp.arange(num_micro)))
@@ -111,13 +129,15 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef):
+def make_eval_step(graphdef: nnx.GraphDef, loss_chunk_size: int = 0):
+  """Sums of the loss, the target tokens and the right argmaxes of a batch."""
+
   def eval_step(params, batch):
-    losses, mask, correct = token_losses(nnx.merge(graphdef, params), batch)
+    losses, mask, correct = token_losses(nnx.merge(graphdef, params), batch,
+                                         loss_chunk_size=loss_chunk_size)
     return {"loss_sum": losses.sum(), "tokens": mask.sum(), "correct": correct.sum()}
 
   return eval_step
-
 
 
 def eval_loss(eval_step, params, batches, to_global) -> dict:

@@ -162,9 +162,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   # ---------------------------------------------------------------- steps
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
-  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise),
+  chunk = config.train.loss_chunk_size
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk),
                        donate_argnums=0, out_shardings=(state_shardings, None))
-  eval_step = jax.jit(steps.make_eval_step(graphdef))
+  eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
   train_sharding = sharding.batch_sharding(mesh, rules, 1)
   eval_sharding = sharding.batch_sharding(mesh, rules, 0)
   flops_per_token = metrics.train_flops_per_token(model_config, config.data.max_length)
@@ -275,8 +276,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
       "loss_mask": jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=batch_spec),
   }
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
-  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise),
-                       donate_argnums=0)
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise,
+                                             config.train.loss_chunk_size), donate_argnums=0)
   start = time.perf_counter()
   with sharding.activation_rules(mesh, rules):
     compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0)).compile()

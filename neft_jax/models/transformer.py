@@ -260,6 +260,13 @@ def cache_mask(cache: KVCache, new_valid_bt: jax.Array):
   return valid_bs, valid_bs[:, None, None, :] & causal_ts[None, None]
 
 
+def output_logits(hidden_btd: jax.Array, head_vd: jax.Array) -> jax.Array:
+  """The output layer: float32 logits [batch, length, vocab] of final-normed hidden states."""
+  logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, head_vd.astype(hidden_btd.dtype),
+                          preferred_element_type=jnp.float32)
+  return sharding.constrain(logits_btv, ("batch", "length", "vocab"))
+
+
 class Transformer(nnx.Module):
   """Decoder-only language model: token ids in, float32 logits out."""
 
@@ -289,6 +296,24 @@ class Transformer(nnx.Module):
                *, embeddings=None, cache: KVCache | None = None):
     """Logits [batch, length, vocab] in float32 (and the updated cache, if given one).
 
+    The arguments are those of `hidden_states`.
+    """
+    hidden = self.hidden_states(input_ids, attention_mask, segment_ids, positions,
+                                embeddings=embeddings, cache=cache)
+    if cache is None:
+      return output_logits(hidden, self.head())
+    hidden_btd, cache = hidden
+    return output_logits(hidden_btd, self.head()), cache
+
+  def head(self) -> jax.Array:
+    """The output layer's [vocab, embed] weights: the token embeddings when tied."""
+    return (self.embed if self.config.tie_embeddings else self.lm_head)[...]
+
+  def hidden_states(self, input_ids=None, attention_mask=None, segment_ids=None, positions=None,
+                    *, embeddings=None, cache: KVCache | None = None):
+    """The final-normed hidden states [batch, length, embed] that the output layer
+    maps to logits (and the updated cache, if given one).
+
     Args:
       input_ids: [batch, length] token ids (or pass `embeddings` instead).
       attention_mask: [batch, length], 1 for real tokens, 0 for padding.
@@ -300,7 +325,7 @@ class Transformer(nnx.Module):
       cache: keys and values of earlier tokens (see `neft_jax.generate`): the
         input continues the cache's rows at slot `cache.index`; then pass
         `positions`, and `attention_mask` marks which new tokens are real.
-        Returns (logits, cache).
+        Returns (hidden states, cache).
     """
     cfg = self.config
     x_btd = self.embed_tokens(input_ids) if embeddings is None else embeddings
@@ -323,11 +348,7 @@ class Transformer(nnx.Module):
                                                (cache.key, cache.value), cache.index)
       cache = KVCache(keys, values, valid_bs, cache.index + x_btd.shape[1])
     x_btd = self.final_norm(x_btd)
-    head_vd = self.embed if cfg.tie_embeddings else self.lm_head
-    logits_btv = jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
-                            preferred_element_type=jnp.float32)
-    logits_btv = sharding.constrain(logits_btv, ("batch", "length", "vocab"))
-    return logits_btv if cache is None else (logits_btv, cache)
+    return x_btd if cache is None else (x_btd, cache)
 
   def _run_layers(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None):
     """The blocks over x, scanned or unrolled; with (keys, values) stacked over
