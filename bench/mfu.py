@@ -54,7 +54,7 @@ exports that bias's gradient too); torch's sdpa gets no mask (plain causal).
     python bench/mfu.py                       # the 1.1B preset on a GPU
     python bench/mfu.py --preset tiny --steps 2 --warmup 1    # a CPU smoke run
     python bench/mfu.py [--preset auto|1b|tiny] [--steps N] [--warmup N]
-                        [--rounds N] [--remat none|full|dots|dots_no_batch]
+                        [--rounds N] [--remat none|full|dots|dots_no_batch] [--loss_chunk_size C]
                         [--attention auto|cudnn|xla] [--peak_tflops T]
                         [--batch B] [--seq S] [--layers L] [--hidden D] ...
                         [--no-alpha0] [--no-torch]
@@ -68,18 +68,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 import traceback
 
 import harness
 
-NEFTUNE_ALPHA = 5.0
-LEARNING_RATE = 1e-4
-GRAD_CLIP_NORM = 1.0
-BETAS = (0.9, 0.999)
-EPS = 1e-8
-SEED = 0
+from harness import BETAS, EPS, GRAD_CLIP_NORM, LEARNING_RATE, NEFTUNE_ALPHA, SEED, SHAPE_KEYS
+from harness import alpha_name, progress
 
 PRESETS = {
     # TinyLlama-1.1B's shape: grouped-query attention, 16k tokens a step.
@@ -89,50 +84,10 @@ PRESETS = {
     "tiny": dict(vocab=1000, hidden=128, intermediate=352, layers=2, heads=4, kv_heads=2,
                  head_dim=32, seq=128, batch=4, steps=5, warmup=2),
 }
-SHAPE_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab")
 
 
 def model_shape(args) -> dict:
   return {key: getattr(args, key) for key in SHAPE_KEYS}
-
-
-def random_token_ids(args):
-  """[batch, seq] int32 token ids, the same in every process."""
-  import numpy as np
-  rng = np.random.default_rng(SEED)
-  return rng.integers(0, args.vocab, (args.batch, args.seq)).astype(np.int32)
-
-
-def progress(message: str) -> None:
-  print(message, flush=True)
-
-
-def alpha_name(noisy: bool) -> str:
-  return f"alpha={NEFTUNE_ALPHA if noisy else 0.0}"
-
-
-def time_steps(run_step, args) -> dict:
-  """Warms up, then times alpha=5 (and alpha=0) steps in turn; seconds per step of each.
-
-  `run_step(noisy)` runs one step to completion and returns its loss. With
-  both settings, the order within a pair flips every step, so a slow drift in
-  the machine's speed falls on both alike.
-  """
-  settings = (True, False) if args.alpha0 else (True,)
-  for i in range(args.warmup):
-    for noisy in settings:
-      start = time.perf_counter()
-      loss = run_step(noisy)
-      progress(f"warmup {i} {alpha_name(noisy)}: {time.perf_counter() - start:.3f} s, "
-               f"loss {loss:.4f}")
-  seconds = {True: [], False: []}
-  for i in range(args.steps):
-    for noisy in (settings if i % 2 == 0 else settings[::-1]):
-      start = time.perf_counter()
-      loss = run_step(noisy)
-      seconds[noisy].append(time.perf_counter() - start)
-      progress(f"step {i} {alpha_name(noisy)}: {seconds[noisy][-1]:.3f} s, loss {loss:.4f}")
-  return {"noisy_seconds": seconds[True], "clean_seconds": seconds[False]}
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -162,12 +117,9 @@ def probe_worker(args) -> dict:
 # --- ours: JAX / Flax NNX -------------------------------------------------
 
 def ours_config(args, attention: str):
-  from neft_jax.models import ModelConfig
-  return ModelConfig(family="llama", vocab_size=args.vocab, embed_dim=args.hidden,
-                     num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
-                     head_dim=args.head_dim, mlp_dim=args.intermediate, max_positions=args.seq,
-                     norm_eps=1e-6, param_dtype="float32", dtype="bfloat16",
-                     scan_layers=args.scan_layers, remat=args.remat, attention=attention)
+  return harness.ours_model_config(model_shape(args), args.seq, param_dtype="float32",
+                                   dtype="bfloat16", scan_layers=args.scan_layers,
+                                   remat=args.remat, attention=attention)
 
 
 def ours_worker(args) -> dict:
@@ -175,11 +127,9 @@ def ours_worker(args) -> dict:
 
   import flax
   import jax
-  import jax.numpy as jnp
-  import ml_collections
   from flax import nnx
 
-  from neft_jax import metrics, optim, steps
+  from neft_jax import metrics, steps
   from neft_jax.models import Transformer
 
   device = jax.devices()[0]
@@ -187,23 +137,16 @@ def ours_worker(args) -> dict:
   if requested == "auto":
     requested = "cudnn" if device.platform == "gpu" else "xla"
   cfg = ours_config(args, requested)
-  optim_config = ml_collections.ConfigDict(dict(
-      learning_rate=LEARNING_RATE, schedule="constant", warmup_ratio=0.0,
-      weight_decay=args.weight_decay, b1=BETAS[0], b2=BETAS[1], eps=EPS,
-      grad_clip_norm=GRAD_CLIP_NORM))
-  optimizer, learning_rate = optim.optimizer(optim_config, 2 * (args.warmup + args.steps + 1))
+  optimizer, learning_rate = harness.ours_optimizer(2 * (args.warmup + args.steps + 1),
+                                                    args.weight_decay)
+  token_ids = harness.random_token_ids(model_shape(args), args.batch, args.seq)
 
   def new_state():
-    _, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(SEED)), nnx.Param)
-    return steps.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    return harness.ours_state_and_batch(cfg, optimizer, token_ids)[1]
 
-  # One micro-batch; every token is real and every next token is a target.
-  input_ids = jnp.asarray(random_token_ids(args))[None]  # [accum=1, batch, seq]
-  batch = {"input_ids": input_ids, "segment_ids": jnp.ones_like(input_ids),
-           "loss_mask": jnp.ones(input_ids.shape, bool)}
-  key = jax.random.key(SEED)
   start = time.perf_counter()
-  state = new_state()
+  _, state, batch = harness.ours_state_and_batch(cfg, optimizer, token_ids)
+  key = jax.random.key(SEED)
   jax.block_until_ready((state, batch))
   progress(f"ours: jax {jax.__version__} on {device.platform} ({device.device_kind}), "
            f"{cfg.num_params():,} parameters, initialized in {time.perf_counter() - start:.1f} s")
@@ -216,8 +159,8 @@ def ours_worker(args) -> dict:
     for noisy in ((True, False) if args.alpha0 else (True,)):
       start = time.perf_counter()
       noise = steps.Noise(NEFTUNE_ALPHA if noisy else 0.0)
-      step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise),
-                     donate_argnums=0)
+      step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise,
+                                           args.loss_chunk_size), donate_argnums=0)
       compiled[noisy] = step.lower(state, batch, key).compile()
       progress(f"compiled the {alpha_name(noisy)} step (attention {cfg.attention}, "
                f"remat {cfg.remat}) in {time.perf_counter() - start:.1f} s")
@@ -254,7 +197,7 @@ def ours_worker(args) -> dict:
     jax.block_until_ready((state, step_metrics))
     return float(step_metrics["loss"])
 
-  timings = time_steps(run_step, args)
+  timings = harness.time_steps(run_step, args.warmup, args.steps, args.alpha0)
   memory = device.memory_stats() or {}
   compiled_memory = compiled[True].memory_analysis()
   peak = metrics.peak_flops_per_device(device.device_kind, args.peak_tflops)
@@ -286,43 +229,25 @@ def torch_worker(args) -> dict:
   if device.type == "cpu":
     torch.set_num_threads(os.cpu_count())
   torch.manual_seed(SEED)
-  config = transformers.LlamaConfig(
-      vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-      num_key_value_heads=args.kv_heads, head_dim=args.head_dim, rms_norm_eps=1e-6,
-      max_position_embeddings=args.seq, tie_word_embeddings=False,
-      attn_implementation=args.torch_attention,
-      use_cache=False)  # a training step keeps no key/value cache
+  config = harness.torch_llama(model_shape(args), args.seq,
+                               attn_implementation=args.torch_attention)
   start = time.perf_counter()
   with device:  # initialize on the device, not on the host and then copy
     model = transformers.LlamaForCausalLM(config).to(torch.float32)
   model.train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=BETAS, eps=EPS,
-                                weight_decay=args.weight_decay, fused=True)
-  input_ids = torch.from_numpy(random_token_ids(args)).long().to(device)
-  embedding = model.get_input_embeddings()
-  hook_source = None
+  input_ids = torch.from_numpy(harness.random_token_ids(model_shape(args), args.batch, args.seq))
+  # float32 weights, bfloat16 matmuls: our param_dtype float32, dtype bfloat16.
+  train_step, hook_source = harness.torch_step_runner(
+      model, input_ids.long().to(device), args.weight_decay, autocast_device=device.type)
 
   def synchronize():
     if device.type == "cuda":
       torch.cuda.synchronize(device)
 
   def run_step(noisy: bool) -> float:
-    nonlocal hook_source
-    handle = None
-    if noisy:
-      handle, hook_source = harness.neftune_hook_for(embedding, NEFTUNE_ALPHA)
-    optimizer.zero_grad(set_to_none=True)
-    # float32 weights, bfloat16 matmuls: our param_dtype float32, dtype bfloat16.
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-      loss = model(input_ids=input_ids, labels=input_ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-    optimizer.step()
-    if handle is not None:
-      handle.remove()
+    loss = train_step(noisy)
     synchronize()
-    return loss.item()
+    return loss
 
   synchronize()
   parameters = sum(p.numel() for p in model.parameters())
@@ -332,13 +257,13 @@ def torch_worker(args) -> dict:
            f"parameters, initialized in {time.perf_counter() - start:.1f} s")
   if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats(device)
-  timings = time_steps(run_step, args)
+  timings = harness.time_steps(run_step, args.warmup, args.steps, args.alpha0)
   return timings | {
       "parameters": parameters,
       "device": device.type,
       "device_name": device_name,
       "attention": model.config._attn_implementation,
-      "neftune_hook": hook_source,
+      "neftune_hook": hook_source(),
       "peak_memory_bytes": (torch.cuda.max_memory_allocated(device)
                             if device.type == "cuda" else None),
       "threads": torch.get_num_threads(),
@@ -373,10 +298,6 @@ def run_worker(which: str, argv: list[str]) -> dict:
   return result
 
 
-def median_or_none(seconds: list[float]) -> float | None:
-  return statistics.median(seconds) if seconds else None
-
-
 def rounded(value, digits: int):
   return None if value is None else round(value, digits)
 
@@ -386,7 +307,7 @@ def summary(args, ours: dict, torch_run: dict | None, torch_error: str | None) -
   tokens_per_step = args.batch * args.seq
 
   def throughput(seconds):
-    median = median_or_none(seconds)
+    median = harness.median_or_none(seconds)
     return None if median is None else tokens_per_step / median
 
   def mfu(tokens_per_sec):
@@ -396,7 +317,7 @@ def summary(args, ours: dict, torch_run: dict | None, torch_error: str | None) -
     return ours["flops_per_token"] * tokens_per_sec / peak
 
   def overhead(run):
-    noisy, clean = median_or_none(run["noisy_seconds"]), median_or_none(run["clean_seconds"])
+    noisy, clean = harness.median_or_none(run["noisy_seconds"]), harness.median_or_none(run["clean_seconds"])
     return None if clean is None else noisy / clean - 1
 
   def gib(value):
@@ -423,6 +344,7 @@ def summary(args, ours: dict, torch_run: dict | None, torch_error: str | None) -
       "compute_dtype": "bfloat16",
       "remat": args.remat,
       "scan_layers": args.scan_layers,
+      "loss_chunk_size": args.loss_chunk_size,
       "attention_requested": ours["attention_requested"],
       "attention": ours["attention"],
       "attention_fallback": ours["attention_fallback"],
@@ -436,7 +358,7 @@ def summary(args, ours: dict, torch_run: dict | None, torch_error: str | None) -
       "flops_per_token": ours["flops_per_token"],
       "tokens_per_sec": rounded(tps, 1),
       "mfu": rounded(mfu(tps), 4),
-      "seconds_per_step": rounded(median_or_none(ours["noisy_seconds"]), 4),
+      "seconds_per_step": rounded(harness.median_or_none(ours["noisy_seconds"]), 4),
       "min_seconds_per_step": rounded(min(ours["noisy_seconds"]), 4),
       "alpha0_tokens_per_sec": rounded(throughput(ours["clean_seconds"]), 1),
       "alpha0_mfu": rounded(mfu(throughput(ours["clean_seconds"])), 4),
@@ -447,7 +369,7 @@ def summary(args, ours: dict, torch_run: dict | None, torch_error: str | None) -
       "xla_temp_gib": gib(ours["xla_temp_bytes"]),
       "torch_tokens_per_sec": rounded(torch_tps, 1),
       "torch_mfu": rounded(mfu(torch_tps), 4),
-      "torch_seconds_per_step": rounded(median_or_none(torch_run.get("noisy_seconds", [])), 4),
+      "torch_seconds_per_step": rounded(harness.median_or_none(torch_run.get("noisy_seconds", [])), 4),
       "torch_min_seconds_per_step": rounded(min(torch_run["noisy_seconds"]), 4)
                                     if torch_run else None,
       "torch_alpha0_tokens_per_sec": rounded(throughput(torch_run.get("clean_seconds", [])), 1),
@@ -480,6 +402,9 @@ def parse_args():
                       default="none", help="our activation checkpointing policy")
   parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=True,
                       help="run our layers under jax.lax.scan")
+  parser.add_argument("--loss_chunk_size", type=int, default=0,
+                      help="our train.loss_chunk_size: positions per chunk of the output "
+                           "layer and loss (0: all at once)")
   parser.add_argument("--attention", choices=("auto", "cudnn", "xla"), default="auto",
                       help="our attention; auto: cudnn on a GPU, else xla")
   parser.add_argument("--attention_fallback", action=argparse.BooleanOptionalAction,

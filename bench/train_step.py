@@ -24,6 +24,7 @@ median over pairs of steps that ran back to back.
 
     python bench/train_step.py [--rounds 3] [--steps 6] [--warmup 2] [--layers 4]
                                [--width 256] [--heads 4] [--seq 256] [--batch 8]
+                               [--scan_layers] [--loss_chunk_size C]
 
 The last line printed is a JSON object.
 """
@@ -38,87 +39,33 @@ import time
 
 import harness
 
-NEFTUNE_ALPHA = 5.0
-LEARNING_RATE = 1e-4
-GRAD_CLIP_NORM = 1.0
-SEED = 0
+from harness import NEFTUNE_ALPHA, SEED, progress
 
 
 def model_shape(args) -> dict:
-  head_dim = args.width // args.heads
   return {"layers": args.layers, "hidden": args.width, "heads": args.heads,
-          "kv_heads": args.heads, "head_dim": head_dim, "intermediate": args.intermediate,
-          "vocab": args.vocab}
-
-
-def random_token_ids(args):
-  """[batch, seq] int32 token ids, the same in every process."""
-  import numpy as np
-  rng = np.random.default_rng(SEED)
-  return rng.integers(0, args.vocab, (args.batch, args.seq)).astype(np.int32)
-
-
-def progress(message: str) -> None:
-  print(message, flush=True)
-
-
-def time_alternating(run_step, args) -> dict:
-  """Warms up, then times alpha=5 and alpha=0 steps in turn; seconds per step of each.
-
-  `run_step(noisy)` runs one step to completion and returns its loss. The
-  order within a pair flips every round, so a slow drift in the machine's
-  load falls on both settings alike.
-  """
-  for i in range(args.warmup):
-    for noisy in (True, False):
-      start = time.perf_counter()
-      loss = run_step(noisy)
-      progress(f"warmup {i} alpha={NEFTUNE_ALPHA if noisy else 0.0}: "
-               f"{time.perf_counter() - start:.2f} s, loss {loss:.4f}")
-  seconds = {True: [], False: []}
-  for i in range(args.steps):
-    order = (True, False) if i % 2 == 0 else (False, True)
-    for noisy in order:
-      start = time.perf_counter()
-      loss = run_step(noisy)
-      seconds[noisy].append(time.perf_counter() - start)
-      progress(f"step {i} alpha={NEFTUNE_ALPHA if noisy else 0.0}: "
-               f"{seconds[noisy][-1]:.2f} s, loss {loss:.4f}")
-  return {"noisy_seconds": seconds[True], "clean_seconds": seconds[False]}
+          "kv_heads": args.heads, "head_dim": args.width // args.heads,
+          "intermediate": args.intermediate, "vocab": args.vocab}
 
 
 # --- ours: JAX / Flax NNX -------------------------------------------------
 
 def ours_worker(args) -> dict:
   import jax
-  import jax.numpy as jnp
-  import ml_collections
-  from flax import nnx
 
-  from neft_jax import optim, steps
-  from neft_jax.models import ModelConfig, Transformer
+  from neft_jax import steps
 
-  cfg = ModelConfig(family="llama", vocab_size=args.vocab, embed_dim=args.width,
-                    num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads,
-                    head_dim=args.width // args.heads, mlp_dim=args.intermediate,
-                    max_positions=args.seq, param_dtype="float32", dtype="float32",
-                    scan_layers=args.scan_layers)
-  optim_config = ml_collections.ConfigDict(dict(
-      learning_rate=LEARNING_RATE, schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
-      b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=GRAD_CLIP_NORM))
-  total_steps = 2 * (args.warmup + args.steps)
-  optimizer, learning_rate = optim.optimizer(optim_config, total_steps)
-  graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(SEED)), nnx.Param)
-  state = steps.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  cfg = harness.ours_model_config(model_shape(args), args.seq, param_dtype="float32",
+                                  dtype="float32", scan_layers=args.scan_layers)
+  optimizer, learning_rate = harness.ours_optimizer(2 * (args.warmup + args.steps))
+  graphdef, state, batch = harness.ours_state_and_batch(
+      cfg, optimizer, harness.random_token_ids(model_shape(args), args.batch, args.seq))
   train_steps = {
       noisy: jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate,
-                                           steps.Noise(NEFTUNE_ALPHA if noisy else 0.0)),
+                                           steps.Noise(NEFTUNE_ALPHA if noisy else 0.0),
+                                           args.loss_chunk_size),
                      donate_argnums=0)
       for noisy in (True, False)}
-  # One micro-batch; every token is real and every next token is a target.
-  input_ids = jnp.asarray(random_token_ids(args))[None]  # [accum=1, batch, seq]
-  batch = {"input_ids": input_ids, "segment_ids": jnp.ones_like(input_ids),
-           "loss_mask": jnp.ones(input_ids.shape, bool)}
   key = jax.random.key(SEED)
   jax.block_until_ready((state, batch))
 
@@ -130,7 +77,7 @@ def ours_worker(args) -> dict:
 
   progress(f"ours: jax {jax.__version__} on {jax.devices()[0].platform}, "
            f"{cfg.num_params():,} parameters")
-  timings = time_alternating(run_step, args)
+  timings = harness.time_steps(run_step, args.warmup, args.steps)
   return timings | noise_cost(args, train_steps, state, batch, key) | {
       "parameters": cfg.num_params(), "jax_version": jax.__version__,
       "jax_platform": jax.devices()[0].platform}
@@ -171,42 +118,19 @@ def torch_worker(args) -> dict:
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(SEED)
   shape = model_shape(args)
-  config = transformers.LlamaConfig(
-      vocab_size=args.vocab, hidden_size=args.width, intermediate_size=args.intermediate,
-      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-      num_key_value_heads=args.heads, head_dim=shape["head_dim"],
-      max_position_embeddings=args.seq, tie_word_embeddings=False,
-      use_cache=False)  # a training step keeps no key/value cache
+  config = harness.torch_llama(shape, args.seq)
   model = transformers.LlamaForCausalLM(config).to(torch.float32)
   model.train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999),
-                                eps=1e-8, weight_decay=0.0, fused=True)
-  input_ids = torch.from_numpy(random_token_ids(args)).long()
-  embedding = model.get_input_embeddings()
-  hook_source = None
-
-  def run_step(noisy: bool) -> float:
-    nonlocal hook_source
-    handle = None
-    if noisy:
-      handle, hook_source = harness.neftune_hook_for(embedding, NEFTUNE_ALPHA)
-    optimizer.zero_grad()
-    loss = model(input_ids, labels=input_ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-    optimizer.step()
-    if handle is not None:
-      handle.remove()
-    return loss.item()
-
+  input_ids = torch.from_numpy(harness.random_token_ids(shape, args.batch, args.seq)).long()
+  run_step, hook_source = harness.torch_step_runner(model, input_ids)
   parameters = sum(p.numel() for p in model.parameters())
   progress(f"torch: torch {torch.__version__}, transformers {transformers.__version__}, "
            f"{torch.get_num_threads()} threads, attention {config._attn_implementation}, "
            f"{parameters:,} parameters")
-  return time_alternating(run_step, args) | {
+  return harness.time_steps(run_step, args.warmup, args.steps) | {
       "parameters": parameters, "torch_version": torch.__version__,
       "transformers_version": transformers.__version__, "torch_threads": torch.get_num_threads(),
-      "torch_attention": config._attn_implementation, "torch_neftune_hook": hook_source}
+      "torch_attention": config._attn_implementation, "torch_neftune_hook": hook_source()}
 
 
 # --- driver -----------------------------------------------------------------
@@ -216,12 +140,6 @@ WORKERS = {"ours": ours_worker, "torch": torch_worker}
 
 def tokens_per_sec(args, seconds: list[float]) -> float:
   return args.batch * args.seq / statistics.median(seconds)
-
-
-def overhead(noisy_seconds: list[float], clean_seconds: list[float]) -> float:
-  """The median over step pairs of noisy / clean - 1: the two steps of a pair ran
-  back to back, so a drift in the machine's speed cancels within each pair."""
-  return statistics.median(n / c for n, c in zip(noisy_seconds, clean_seconds)) - 1
 
 
 def parse_args():
@@ -238,6 +156,9 @@ def parse_args():
   parser.add_argument("--batch", type=int, default=8, help="rows per step")
   parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=False,
                       help="ours: lax.scan over layers (default: unrolled, as suits 4 layers)")
+  parser.add_argument("--loss_chunk_size", type=int, default=0,
+                      help="ours: positions per chunk of the output layer and loss "
+                           "(train.loss_chunk_size; 0: all at once)")
   parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.steps < 1 or args.warmup < 1:
@@ -278,6 +199,7 @@ def main():
       "timed_steps": args.steps,
       "rounds": args.rounds,
       "scan_layers": args.scan_layers,
+      "loss_chunk_size": args.loss_chunk_size,
       "parameters": ours["parameters"],
       "torch_parameters": torch_run["parameters"],
       "ours_tokens_per_sec": round(ours_tps, 1),
@@ -285,14 +207,14 @@ def main():
       "ratio_vs_torch": round(ours_tps / torch_tps, 3),
       "ours_alpha0_tokens_per_sec": round(tokens_per_sec(args, ours["clean_seconds"]), 1),
       "torch_alpha0_tokens_per_sec": round(tokens_per_sec(args, torch_run["clean_seconds"]), 1),
-      "neftune_overhead": round(overhead(ours["noisy_seconds"], ours["clean_seconds"]), 4),
+      "neftune_overhead": round(harness.overhead(ours["noisy_seconds"], ours["clean_seconds"]), 4),
       # Steadier views of the same cost: the noise alone against a clean step,
       # and the extra floating-point operations of the noisy step.
       "neftune_noise_ms": round(1000 * ours["noise_seconds"], 3),
       "neftune_noise_fraction_of_step": round(
           ours["noise_seconds"] / statistics.median(ours["clean_seconds"]), 5),
       "neftune_flops_overhead": round(ours["noisy_step_flops"] / ours["step_flops"] - 1, 6),
-      "torch_neftune_overhead": round(overhead(torch_run["noisy_seconds"],
+      "torch_neftune_overhead": round(harness.overhead(torch_run["noisy_seconds"],
                                                torch_run["clean_seconds"]), 4),
       "ours_seconds_per_step": round(statistics.median(ours["noisy_seconds"]), 4),
       "torch_seconds_per_step": round(statistics.median(torch_run["noisy_seconds"]), 4),
