@@ -129,7 +129,7 @@ def ours_worker(args) -> dict:
   import jax
   from flax import nnx
 
-  from neft_jax import metrics, steps
+  from neft_jax import loss, metrics, steps
   from neft_jax.models import Transformer
 
   device = jax.devices()[0]
@@ -159,8 +159,9 @@ def ours_worker(args) -> dict:
     for noisy in ((True, False) if args.alpha0 else (True,)):
       start = time.perf_counter()
       noise = steps.Noise(NEFTUNE_ALPHA if noisy else 0.0)
-      step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise,
-                                           args.loss_chunk_size), donate_argnums=0)
+      chunk = loss.chunk_size_for(args.loss_chunk_size, cfg.vocab_size)
+      step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk),
+                     donate_argnums=0)
       compiled[noisy] = step.lower(state, batch, key).compile()
       progress(f"compiled the {alpha_name(noisy)} step (attention {cfg.attention}, "
                f"remat {cfg.remat}) in {time.perf_counter() - start:.1f} s")
@@ -402,9 +403,9 @@ def parse_args():
                       default="none", help="our activation checkpointing policy")
   parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=True,
                       help="run our layers under jax.lax.scan")
-  parser.add_argument("--loss_chunk_size", type=int, default=0,
+  parser.add_argument("--loss_chunk_size", type=int, default=-1,
                       help="our train.loss_chunk_size: positions per chunk of the output "
-                           "layer and loss (0: all at once)")
+                           "layer and loss (0: all at once; -1: by vocabulary size)")
   parser.add_argument("--attention", choices=("auto", "cudnn", "xla"), default="auto",
                       help="our attention; auto: cudnn on a GPU, else xla")
   parser.add_argument("--attention_fallback", action=argparse.BooleanOptionalAction,

@@ -53,7 +53,7 @@ def model_shape(args) -> dict:
 def ours_worker(args) -> dict:
   import jax
 
-  from neft_jax import steps
+  from neft_jax import loss, steps
 
   cfg = harness.ours_model_config(model_shape(args), args.seq, param_dtype="float32",
                                   dtype="float32", scan_layers=args.scan_layers)
@@ -63,7 +63,7 @@ def ours_worker(args) -> dict:
   train_steps = {
       noisy: jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate,
                                            steps.Noise(NEFTUNE_ALPHA if noisy else 0.0),
-                                           args.loss_chunk_size),
+                                           loss.chunk_size_for(args.loss_chunk_size, args.vocab)),
                      donate_argnums=0)
       for noisy in (True, False)}
   key = jax.random.key(SEED)
@@ -156,9 +156,9 @@ def parse_args():
   parser.add_argument("--batch", type=int, default=8, help="rows per step")
   parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=False,
                       help="ours: lax.scan over layers (default: unrolled, as suits 4 layers)")
-  parser.add_argument("--loss_chunk_size", type=int, default=0,
+  parser.add_argument("--loss_chunk_size", type=int, default=-1,
                       help="ours: positions per chunk of the output layer and loss "
-                           "(train.loss_chunk_size; 0: all at once)")
+                           "(train.loss_chunk_size; 0: all at once; -1, the default: by vocabulary size)")
   parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.steps < 1 or args.warmup < 1:

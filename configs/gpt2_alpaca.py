@@ -8,9 +8,10 @@ recipe's batch (128 rows of 512 tokens, so 16 rows per device), per device:
   dots_no_batch     6.4 GiB       7.8 GiB
   full              4.1 GiB       5.5 GiB
 
-so `none` fits one 80 GB GPU per device with room to spare. The output layer
-and its loss run over the whole micro-batch at once (`train.loss_chunk_size`
-0): the 50,257-token vocabulary's logits (1.5 GiB for 16 rows) fit beside them.
+so `none` fits one 80 GB GPU per device with room to spare (these figures
+computed the output layer over the whole micro-batch; the default
+`train.loss_chunk_size=-1` now runs it 64 positions at a time for the
+50,257-token vocabulary, which only lowers them).
 """
 
 from neft_jax.defaults import base

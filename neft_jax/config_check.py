@@ -138,7 +138,7 @@ def rules() -> dict[str, Check]:
       "train.epochs": integer(1),
       "train.batch_size": integer(1),
       "train.grad_accum_steps": integer(1),
-      "train.loss_chunk_size": integer(0),
+      "train.loss_chunk_size": integer(0, or_value=-1),
       "train.log_every": integer(1),
       "train.eval_every": integer(0),
       "train.peak_tflops": number(0),

@@ -47,7 +47,7 @@ def base() -> ml_collections.ConfigDict:
       log_every=10,
       eval_every=0,     # 0: evaluate before and after training only
       peak_tflops=0.0,  # per-device peak for MFU; 0: from the device kind (TPU v4-v6e, H100/H200)
-      loss_chunk_size=0,  # positions per chunk of the output layer and loss (neft_jax.loss); 0: all
+      loss_chunk_size=-1,  # positions per chunk of the head and loss; 0: all; -1: by vocabulary size
   )
   config.optim = dict(
       learning_rate=5e-5,

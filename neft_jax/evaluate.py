@@ -33,7 +33,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from neft_jax import cli, config_check, defaults, response_metrics, run, sharding, steps
+from neft_jax import cli, config_check, defaults, loss, response_metrics, run, sharding, steps
 from neft_jax.answers import generate_answers, prompt_tokens
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -107,7 +107,8 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     batches = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
     eval_sharding = sharding.batch_sharding(mesh, rules, 0)
     graphdef, params = nnx.split(model)
-    eval_step = jax.jit(steps.make_eval_step(graphdef, config.train.get("loss_chunk_size", 0)))
+    chunk = loss.chunk_size_for(config.train.get("loss_chunk_size", -1), model.config.vocab_size)
+    eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
     with sharding.activation_rules(mesh, rules):
       losses = steps.eval_loss(eval_step, params, batches,
                                lambda b: sharding.global_batch(b, eval_sharding))

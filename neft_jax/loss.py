@@ -21,7 +21,9 @@ of every row at a time, so only [rows, chunk_size, vocab] logits exist at once:
 Chunks run along the length axis, so every chunk keeps the batch sharding of
 the rows; a length that is not a multiple of `chunk_size` is padded with
 masked positions. With `chunk_size` 0 both compute the logits at once, as
-`Transformer.__call__` does.
+`Transformer.__call__` does. `chunk_size_for` turns the config's setting into
+a chunk size: -1 (the default) chunks vocabularies of `AUTO_MIN_VOCAB` tokens or
+more in `AUTO_CHUNK_SIZE` positions, and keeps small ones whole.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ import optax
 
 from neft_jax import sharding
 from neft_jax.models.transformer import output_logits
+
+
+# train.loss_chunk_size=-1: chunk the vocabularies of the real families (GPT-2
+# 50,257, Llama-2 32,000, Qwen2 151,936), not the demo's or the tests' tiny ones.
+# On the 2-core CPU, chunks make the benchmark's step faster (bench/train_step.py).
+AUTO_MIN_VOCAB = 16_384
+AUTO_CHUNK_SIZE = 64
+
+
+def chunk_size_for(setting: int, vocab_size: int) -> int:
+  """Positions per chunk for `train.loss_chunk_size=setting`: -1 chooses by vocabulary size."""
+  if setting >= 0:
+    return setting
+  return AUTO_CHUNK_SIZE if vocab_size >= AUTO_MIN_VOCAB else 0
 
 
 def _cross_entropy(hidden_btd, head_vd, targets_bt):

@@ -29,8 +29,8 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import (checkpoint, cli, config_check, demo, metrics, multihost, optim, run,
-                      sharding, steps)
+from neft_jax import (checkpoint, cli, config_check, demo, loss, metrics, multihost, optim,
+                      run, sharding, steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -162,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   # ---------------------------------------------------------------- steps
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
-  chunk = config.train.loss_chunk_size
+  chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
   train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk),
                        donate_argnums=0, out_shardings=(state_shardings, None))
   eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
@@ -276,8 +276,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
       "loss_mask": jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=batch_spec),
   }
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
-  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise,
-                                             config.train.loss_chunk_size), donate_argnums=0)
+  chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk),
+                       donate_argnums=0)
   start = time.perf_counter()
   with sharding.activation_rules(mesh, rules):
     compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0)).compile()

@@ -85,6 +85,7 @@ BAD_VALUES = {
     "train.batch_size": (0, "must be an integer >= 1"),
     "train.grad_accum_steps": (0, "must be an integer >= 1"),
     "train.log_every": (0, "must be an integer >= 1"),
+    "train.loss_chunk_size": (-2, "must be -1 or an integer >= 0"),
     "checkpoint.every_steps": (0, "must be an integer >= 1"),
     "checkpoint.max_to_keep": (0, "must be an integer >= 1"),
     "mesh.fsdp": (0, "must be -1 or an integer >= 1"),

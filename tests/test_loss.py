@@ -111,3 +111,13 @@ def test_chunked_loss_is_the_same_on_every_mesh(mesh_shape):
         place(hidden, ("batch", "length", "embed")), place(head, ("vocab", "embed")), 8)
   for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(expected)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_size_by_vocabulary_size():
+  """-1 chunks the real families' vocabularies and keeps small ones whole; other values stand."""
+  for vocab in (32_000, 50_257, 151_936):
+    assert loss.chunk_size_for(-1, vocab) == loss.AUTO_CHUNK_SIZE
+  assert loss.chunk_size_for(-1, 512) == 0
+  assert loss.chunk_size_for(-1, loss.AUTO_MIN_VOCAB - 1) == 0
+  assert loss.chunk_size_for(0, 151_936) == 0
+  assert loss.chunk_size_for(32, 512) == 32
