@@ -133,9 +133,15 @@ def batch_sharding(mesh: Mesh, rules: Rules, leading_axes: int) -> NamedSharding
   return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), spec[0], None))
 
 
+def split_ways(mesh: Mesh, rules: Rules, logical_axis: str, size: int | None = None) -> int:
+  """Into how many pieces the rules split a dimension named `logical_axis` (of `size`)."""
+  spec = logical_to_spec((logical_axis,), rules, None if size is None else (size,), mesh)
+  return math.prod(mesh.shape[axis] for axis in _as_tuple(spec[0]))
+
+
 def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
   """How many ways the rows of a batch are split."""
-  return math.prod(mesh.shape[a] for a in _as_tuple(logical_to_spec(("batch",), rules, mesh=mesh)[0]))
+  return split_ways(mesh, rules, "batch")
 
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -192,11 +198,7 @@ def shard_count(logical_axis: str, size: int) -> int:
   """Into how many pieces `constrain` splits a dimension of `size` named
   `logical_axis` (1 outside `activation_rules`)."""
   active = _ACTIVE.get()
-  if active is None:
-    return 1
-  mesh, rules = active
-  spec = logical_to_spec((logical_axis,), rules, (size,), mesh)
-  return math.prod(mesh.shape[axis] for axis in _as_tuple(spec[0]))
+  return 1 if active is None else split_ways(*active, logical_axis, size)
 
 
 def replicated_parameters(shardings, abstract_state, min_bytes: int = 1 << 24) -> list[str]:

@@ -102,8 +102,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                                         target_mask(micro_batch), loss_chunk_size)
         return loss_sum / total_tokens
 
-      loss_value, grads = jax.value_and_grad(loss_fn)(state.params)
-      return loss_value, grads
+      return jax.value_and_grad(loss_fn)(state.params)
 
     if num_micro == 1:
       losses, grads = micro_step(jax.tree.map(lambda x: x[0], batch), 0)
