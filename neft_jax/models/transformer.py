@@ -18,6 +18,8 @@ Conventions:
 
 from __future__ import annotations
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -53,7 +55,14 @@ class Norm(nnx.Module):
 
 
 class Projection(nnx.Module):
-  """A linear map written as one einsum, with an optional bias."""
+  """A linear map written as one einsum, with an optional bias.
+
+  The einsum is computed as one 2-D matmul: the input's leading (batch) axes
+  and its contracted axes are each merged into one, and so are the kernel's
+  output and contracted axes. XLA's CPU backend runs the 2-D form about 1.4x
+  faster, forward and backward, than the same einsum over [batch, length, ...]
+  (benchmarks in the README); on other backends the two compile alike.
+  """
 
   def __init__(self, equation: str, kernel_shape, kernel_axes, bias_shape=None,
                bias_axes=None, *, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -65,10 +74,32 @@ class Projection(nnx.Module):
         rngs, jax.nn.initializers.zeros, bias_shape, bias_axes, cfg.param_jnp_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = matmul_einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+
+def matmul_einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`jnp.einsum(equation, x, kernel)` as one 2-D matmul, for equations of the form
+  "<batch><contracted>,<kernel>-><batch><out>": x's leading axes are kept, its
+  trailing axes are contracted with the kernel's, and the output ends with the
+  kernel's other axes in the kernel's order (as "btd,nhd->btnh")."""
+  inputs, out = equation.split("->")
+  x_axes, k_axes = inputs.split(",")
+  contracted = [a for a in x_axes if a in k_axes]
+  batch = x_axes[:len(x_axes) - len(contracted)]
+  free = [a for a in k_axes if a not in contracted]
+  if (list(x_axes[len(batch):]) != contracted or out != batch + "".join(free)
+      or any(a in k_axes for a in batch)):
+    return jnp.einsum(equation, x, kernel)
+  # The kernel as [out, contracted], its axes in the input's contracted order.
+  kernel_fc = jnp.transpose(kernel, [k_axes.index(a) for a in free + contracted])
+  free_shape = kernel_fc.shape[:len(free)]
+  kernel_fc = kernel_fc.reshape(math.prod(free_shape), -1)
+  batch_shape = x.shape[:len(batch)]
+  y = jax.lax.dot_general(x.reshape(math.prod(batch_shape), -1), kernel_fc, (((1,), (1,)), ((), ())))
+  return y.reshape(*batch_shape, *free_shape)
 
 
 def rotary_tables(positions_bt: jax.Array, head_dim: int, theta: float, dtype):
@@ -89,6 +120,41 @@ def apply_rotary(x_btnh: jax.Array, cos, sin) -> jax.Array:
   first, second = jnp.split(x_btnh, 2, axis=-1)
   rotated = jnp.concatenate([-second, first], axis=-1)
   return x_btnh * cos + rotated * sin
+
+
+def attention(q_btnh, k_bskh, v_bskh, mask_b1ts, scale=None, *, causal: bool):
+  """Softmax attention written out: (output [batch, length, heads, head_dim],
+  probabilities [batch, heads, length, slots]).
+
+  The same arithmetic as `jax.nn.dot_product_attention(implementation="xla")`:
+  logits in float32, masked with -0.7 * float32's max, softmax in float32, the
+  probabilities cast back to the values' dtype. The matmuls run with the batch
+  and key/value heads as leading axes and the query heads that share a
+  key/value head merged with the query positions, which XLA's CPU backend
+  runs about twice as fast, forward and backward, as jax's layout. The
+  probabilities cost nothing extra unless the caller uses them.
+  """
+  b, t, n, h = q_btnh.shape
+  s, k = k_bskh.shape[1], k_bskh.shape[2]
+  g = n // k
+  scale = h**-0.5 if scale is None else scale
+  q_bkgh = jnp.transpose(q_btnh.reshape(b, t, k, g, h), (0, 2, 3, 1, 4)).reshape(b, k, g * t, h)
+  k_bksh, v_bksh = jnp.transpose(k_bskh, (0, 2, 1, 3)), jnp.transpose(v_bskh, (0, 2, 1, 3))
+  batch_matmul = lambda x, y, contract, dtype: jax.lax.dot_general(
+      x, y, (((3,), (contract,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
+  logits_bkgts = batch_matmul(q_bkgh, k_bksh, 3, jnp.float32).reshape(b, k, g, t, s)
+  logits_bkgts = logits_bkgts * jnp.float32(scale)
+  keep = jnp.ones((1, 1, 1, t, s), bool)
+  if causal:
+    keep = jnp.tril(keep)
+  if mask_b1ts is not None:
+    keep = keep & mask_b1ts[:, :, None]
+  large_negative = -0.7 * jnp.finfo(jnp.float32).max
+  probs_bkgts = jax.nn.softmax(jnp.where(keep, logits_bkgts, large_negative), axis=-1)
+  probs_bkgts = probs_bkgts.astype(v_bskh.dtype)
+  encoded_bkgh = batch_matmul(probs_bkgts.reshape(b, k, g * t, s), v_bksh, 2, v_bskh.dtype)
+  encoded_btnh = jnp.transpose(encoded_bkgh.reshape(b, k, g, t, h), (0, 3, 1, 2, 4))
+  return encoded_btnh.reshape(b, t, n, h), probs_bkgts.reshape(b, n, t, s)
 
 
 class Attention(nnx.Module):
@@ -130,11 +196,14 @@ class Attention(nnx.Module):
       v_bskh = jax.lax.dynamic_update_slice_in_dim(kv[1], v_btkh.astype(kv[1].dtype), cache_index, 1)
     k_bskh = sharding.constrain(k_bskh, ("batch", "length", "kv_heads", "head_dim"))
     v_bskh = sharding.constrain(v_bskh, ("batch", "length", "kv_heads", "head_dim"))
-    # Without a cache, causal masking comes from is_causal (cuDNN then skips the
-    # masked blocks).
-    encoded_btnh = jax.nn.dot_product_attention(
-        q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), mask=mask_b1ts,
-        scale=self.scale, is_causal=kv is None, implementation=self.implementation)
+    k_bskh, v_bskh = k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype)
+    if self.implementation == "cudnn":
+      # Causal masking comes from is_causal, so that cuDNN skips the masked blocks.
+      encoded_btnh = jax.nn.dot_product_attention(
+          q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=self.scale, is_causal=kv is None,
+          implementation="cudnn")
+    else:
+      encoded_btnh, _ = attention(q_btnh, k_bskh, v_bskh, mask_b1ts, self.scale, causal=kv is None)
     out_btd = self.out(encoded_btnh)
     return out_btd if kv is None else (out_btd, (k_bskh, v_bskh))
 
