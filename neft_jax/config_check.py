@@ -105,9 +105,23 @@ def sharding_rules(mesh_axes) -> Check:
   return check
 
 
+def site_types(choices) -> Check:
+  """A comma-separated list of distinct names from `choices` (it may be empty)."""
+  def check(value):
+    if not isinstance(value, str):
+      return f"must be a comma-separated string of {', '.join(choices)}"
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown or len(set(names)) != len(names):
+      return (f"has {'unknown' if unknown else 'repeated'} site type "
+              f"{(unknown or names)[0]!r}; use a comma-separated list of {', '.join(choices)}")
+    return None
+  return check
+
+
 def rules() -> dict[str, Check]:
   """The check of every config key (of defaults.base() and configs/demo.py's `demo`)."""
-  from neft_jax import neftune, optim
+  from neft_jax import dropout, neftune, optim
   from neft_jax.data import templates
   from neft_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
   from neft_jax.sharding import MESH_AXES
@@ -134,6 +148,19 @@ def rules() -> dict[str, Check]:
       "data.fields.output": name,
       "neftune.alpha": number(0),
       "neftune.distribution": one_of(neftune.DISTRIBUTIONS),
+      "dropout.mode": one_of(dropout.MODES),
+      "dropout.rate": number(0, 1, high_open=True),
+      "dropout.distribution": one_of(dropout.DISTRIBUTIONS),
+      "dropout.sites": site_types(dropout.SITE_TYPES),
+      "dropout.max_rate": number(0, 1, high_open=True),
+      "dropout.min_rate": number(0, 1, high_open=True),
+      "dropout.fisher": text,
+      "fisher.data_path": text,
+      "fisher.split": name,
+      "fisher.text_field": name,
+      "fisher.num_examples": integer(1),
+      "fisher.max_length": integer(2),
+      "fisher.batch_size": integer(1),
       "train.steps": integer(0),
       "train.epochs": integer(1),
       "train.batch_size": integer(1),
@@ -206,6 +233,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       problem = check(value)
       if problem:
         found.append(f"{key}={value!r} {problem}")
+  if "dropout" in config and not found and config.dropout.min_rate > config.dropout.max_rate:
+    found.append(f"dropout.min_rate={config.dropout.min_rate!r} is more than "
+                 f"dropout.max_rate={config.dropout.max_rate!r}")
   if "demo" in config and not found:  # the demo's model is made from these: they must agree
     model = config.demo.model
     if model.num_heads % model.num_kv_heads:

@@ -39,6 +39,23 @@ def base() -> ml_collections.ConfigDict:
       alpha=5.0,        # 0 turns the noise off
       distribution="uniform",  # uniform | gaussian
   )
+  config.dropout = dict(  # sites and rates: neft_jax/dropout.py
+      mode="none",      # none | uniform (dropout.rate everywhere) | hf (config.json's) | guided (Fisher)
+      rate=0.1,         # mode=uniform
+      distribution="bernoulli",  # bernoulli (inverted dropout) | gaussian (x * N(1, p / (1 - p)))
+      sites="embed,attention_probs,attention_output,mlp_output",  # site types that are on
+      max_rate=0.1,     # mode=guided: the rate of the lowest-scored site ...
+      min_rate=0.0,     # ... and of the highest
+      fisher="",        # mode=guided: a fisher.json; empty: {workdir}/fisher.json, made first if absent
+  )
+  config.fisher = dict(  # python -m neft_jax.fisher, and dropout.mode=guided without a fisher.json
+      data_path="",     # .txt (one document a line), json/jsonl/hub with a text field, or instruction records
+      split="train",
+      text_field="text",
+      num_examples=1024,
+      max_length=512,
+      batch_size=8,     # examples per vmapped call, over all devices
+  )
   config.train = dict(
       steps=0,          # 0: train.epochs passes over the data
       epochs=3,
