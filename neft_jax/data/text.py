@@ -1,0 +1,161 @@
+"""Plain text: documents as strings, and their token ids, for losses over every token.
+
+    load_documents(path, ...)         documents from a .txt file, json / jsonl / parquet
+                                      files with a text field, instruction records, or a hub dataset
+    tokenize_documents(docs, ...)     token ids, cut at max_length, of up to N documents
+
+The sources:
+  * `.txt`: one document per line; blank lines are skipped.
+  * `.json` (a list of objects), `.jsonl`, `.parquet` or a hub dataset's split,
+    whose records hold the text in `text_field`.
+  * instruction records (`instruction` and `output`, optional `input`, under
+    the names of `data.fields`) without a text field: each becomes the text of
+    its prompt, formatted with the run's template, followed by its output.
+  * a folder of such files, in name order.
+
+Used by the Fisher pass (`neft_jax.information`), and meant for plain-text
+training too. Every mistake is a UserError that names the file, the record
+and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from neft_jax.data import sources, templates
+from neft_jax.data.tokenize import encode_prompts
+from neft_jax.errors import UserError
+from neft_jax.hub import is_hub_id
+
+TEXT_FORMATS = (".txt",) + tuple(sources.LOCAL_FORMATS)
+
+
+def _files(path: str) -> list[str]:
+  if os.path.isfile(path):
+    if os.path.splitext(path)[1] not in TEXT_FORMATS:
+      raise UserError(f"{path}: unknown text format; use .txt (one document a line), .json, "
+                      ".jsonl or .parquet files")
+    return [path]
+  files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                 if os.path.splitext(f)[1] in TEXT_FORMATS)
+  if not files:
+    raise UserError(f"{path} has no .txt, .json, .jsonl or .parquet files")
+  return files
+
+
+def _text_lines(file: str) -> list[str]:
+  with open(file, encoding="utf-8") as f:
+    return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def _documents_of_rows(rows, source: str, text_field: str, fields: sources.Fields,
+                       template: str, tokenizer) -> list[str]:
+  """The text field of every record, or, for instruction records, prompt + output."""
+  rows = list(rows) if not hasattr(rows, "column_names") else rows
+  if not len(rows):
+    return []
+  first = rows[0]
+  if text_field not in first and fields.instruction in first and fields.output in first:
+    records = sources._records(rows, source, fields)  # noqa: SLF001  (the same checks as training's)
+    return [templates.prompt(r, template, tokenizer) + r.output for r in records]
+  documents = []
+  for number, row in enumerate(rows):
+    value = row.get(text_field)
+    if not isinstance(value, str):
+      what = "has no" if value is None else f"has a non-string ({type(value).__name__})"
+      raise UserError(f"{source}: record {number} (counting from 0) {what} {text_field!r} field; "
+                      f"give every record a text in {text_field!r} (fisher.text_field), or give "
+                      f"instruction records ({fields.instruction!r} and {fields.output!r})")
+    if value.strip():
+      documents.append(value)
+  return documents
+
+
+def _load_hub(dataset_id: str, split: str, config_key: str):
+  import datasets
+  datasets.disable_progress_bars()
+  try:
+    return datasets.load_dataset(dataset_id, split=split)
+  except Exception as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(f"{config_key}={dataset_id!r} is not a local file or folder and could not be "
+                    f"loaded from the Hugging Face hub ({reason}); set {config_key} to a local "
+                    ".txt, .json, .jsonl or .parquet file or folder") from None
+
+
+def load_documents(path: str, *, split: str = "train", text_field: str = "text",
+                   fields: sources.Fields = sources.Fields(), template: str = "alpaca",
+                   tokenizer=None, config_key: str = "fisher.data_path") -> list[str]:
+  """Every non-blank document of `path`, in order (see the module's doc)."""
+  if not path:
+    raise UserError(f"{config_key} is not set; give a .txt file (one document a line), a json, "
+                    "jsonl or parquet file or folder with a text field, or a hub dataset id")
+  documents = []
+  if os.path.exists(path):
+    for file in _files(path):
+      if file.endswith(".txt"):
+        documents += _text_lines(file)
+        continue
+      with open(file, encoding="utf-8") as f:
+        blank = file.endswith((".json", ".jsonl")) and not f.read().strip()
+      if not blank:
+        documents += _documents_of_rows(sources._load_file(file), file,  # noqa: SLF001
+                                        text_field, fields, template, tokenizer)
+  elif is_hub_id(path):
+    documents = _documents_of_rows(_load_hub(path, split, config_key), f"{path} [{split}]",
+                                   text_field, fields, template, tokenizer)
+  else:
+    raise UserError(f"{config_key}={path!r} does not exist; give a local file or folder, or a "
+                    "Hugging Face hub dataset id")
+  if not documents:
+    raise UserError(f"{config_key}={path!r}: Fisher data with no text (every document is empty); "
+                    "give a file with at least one non-blank document")
+  return documents
+
+
+@dataclasses.dataclass
+class TokenizedText:
+  input_ids: list[np.ndarray]  # int32 [n >= 2] per document
+  selection: str  # "all" (every usable document) or "seeded_subsample"
+  num_documents: int  # documents in the source
+  num_truncated: int = 0  # documents cut at max_length
+  num_too_short: int = 0  # documents of fewer than 2 tokens, skipped (among those looked at)
+
+  @property
+  def num_tokens(self) -> int:
+    return int(sum(len(ids) for ids in self.input_ids))
+
+
+def tokenize_documents(documents: list[str], tokenizer, *, max_length: int, num_examples: int,
+                       bos: int | None, seed: int, chunk: int = 1024) -> TokenizedText:
+  """Token ids of up to `num_examples` documents of at least 2 tokens, cut at max_length.
+
+  Each is `[BOS] text` with BOS as training adds it (`bos` from
+  `neft_jax.data.tokenize.start_token`), and no EOS. When the source holds more
+  documents than `num_examples`, they are taken in a random order seeded by
+  `seed` (a seeded subsample) until `num_examples` are found; otherwise every
+  document is used. The examples keep the source's order.
+  """
+  subsample = len(documents) > num_examples
+  order = (np.random.default_rng([seed, 10]).permutation(len(documents)) if subsample
+           else np.arange(len(documents)))
+  chosen: dict[int, np.ndarray] = {}
+  out = TokenizedText([], "seeded_subsample" if subsample else "all", len(documents))
+  for start in range(0, len(order), chunk):
+    indices = order[start:start + chunk]
+    for index, ids in zip(indices, encode_prompts(tokenizer, [documents[i] for i in indices], bos)):
+      if len(ids) < 2:
+        out.num_too_short += 1
+        continue
+      if len(ids) > max_length:
+        ids, out.num_truncated = ids[:max_length], out.num_truncated + 1
+      chosen[int(index)] = np.asarray(ids, np.int32)
+      if len(chosen) == num_examples:
+        break
+    if len(chosen) == num_examples:
+      break
+  out.input_ids = [chosen[i] for i in sorted(chosen)]
+  return out

@@ -1,0 +1,382 @@
+"""The diagonal Fisher information of the pretraining loss, and guided dropout's site scores.
+
+    fisher_pass(config, out_path, save_diagonal=False) -> fisher.json's content
+    fisher_diagonal(graphdef, params, examples, ...)   -> F per parameter (our tree)
+    site_scores(diagonal, model_config)                -> site -> score
+    save_hf_diagonal(diagonal, model_config, path)     F under the checkpoint's HF names
+    load_rates(path, num_layers, max_rate, min_rate)   a fisher.json's guided rates
+
+Guided dropout (Sharma et al. 2024, arXiv 2406.14005) takes the empirical
+diagonal Fisher of the pretraining loss over general text,
+
+    F = (1/N) sum_n (d loss_n / d theta)^2,
+
+where loss_n is the mean next-token cross-entropy over all of example n's real
+tokens (no prompt masking, no NEFTune noise, no dropout). The paper's code
+runs one example at a time; here `jax.vmap(jax.grad(...))` gives a
+micro-batch's per-example gradients in one jitted call, the examples split
+over the mesh's batch axes and the parameters sharded as in training, and the
+squares are summed on the devices in float32. The per-example gradients of a
+micro-batch take `fisher.batch_size` times the parameters' memory (divided
+over the devices): lower fisher.batch_size for a large model.
+
+A site's score is the mean over the site's tensors of each tensor's mean
+Fisher entry (per layer for the stacked layer tensors). For the pre-norm
+decoder, a site's tensors are those that feed it:
+  * `embed`: the token embedding (with a tied head its Fisher includes the
+    head's gradient: one tensor) and GPT-2's position embedding;
+  * `layers.{i}.attention_probs`: the attention pre-norm, and q, k, v;
+  * `layers.{i}.attention_output`: the output projection;
+  * `layers.{i}.mlp_output`: the MLP pre-norm, and gate, up, down.
+An untied head and the final norm feed no site.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from neft_jax import config_check, dropout, loss, sharding
+from neft_jax.data import pipeline, sources, text
+from neft_jax.data.tokenize import start_token
+from neft_jax.errors import UserError
+from neft_jax.models import hf_io
+from neft_jax.models.config import ModelConfig
+from neft_jax.models.weight_files import TensorSpec, write_safetensors
+
+log = logging.getLogger(__name__)
+
+DIAGONAL_FILE = "fisher_diagonal.safetensors"
+
+# Parameter path prefix -> the site type it feeds (None: no site). Every
+# parameter must match one, so that a new parameter cannot be left out unseen.
+SITE_OF_PARAMETER = (
+    ("embed", "embed"),
+    ("pos_embed", "embed"),
+    ("layers.attn_norm.", "attention_probs"),
+    ("layers.attn.query.", "attention_probs"),
+    ("layers.attn.key.", "attention_probs"),
+    ("layers.attn.value.", "attention_probs"),
+    ("layers.attn.out.", "attention_output"),
+    ("layers.mlp_norm.", "mlp_output"),
+    ("layers.mlp.", "mlp_output"),
+    ("lm_head", None),
+    ("final_norm.", None),
+)
+
+
+def site_type_of(name: str) -> str | None:
+  """The site type that parameter `name` ("layers.attn.query.kernel") feeds, or None."""
+  for prefix, kind in SITE_OF_PARAMETER:
+    if name == prefix or (prefix.endswith(".") and name.startswith(prefix)):
+      return kind
+  raise AssertionError(f"parameter {name} has no dropout site (add it to SITE_OF_PARAMETER)")
+
+
+# The per-example loss and the pass --------------------------------------------------
+
+def example_loss(graphdef: nnx.GraphDef, params: nnx.State, input_ids_t: jax.Array,
+                 segment_ids_t: jax.Array, loss_chunk_size: int = 0) -> jax.Array:
+  """Mean next-token cross-entropy of one example over its real tokens.
+
+  input_ids_t, segment_ids_t: [length]; segment 1 on the example's tokens, 0
+  on padding. An empty row's loss is 0 (so its gradient is too).
+  """
+  model = nnx.merge(graphdef, params)
+  input_ids_bt, segment_ids_bt = input_ids_t[None], segment_ids_t[None]  # [1, length]
+  hidden_btd = model.hidden_states(input_ids_bt, segment_ids=segment_ids_bt)
+  targets_bt = jnp.concatenate([input_ids_bt[:, 1:], input_ids_bt[:, :1]], axis=1)
+  mask_bt = jnp.concatenate([segment_ids_bt[:, 1:] != 0, jnp.zeros((1, 1), bool)], axis=1)
+  loss_sum = loss.masked_loss_sum(hidden_btd, model.head(), targets_bt, mask_bt, loss_chunk_size)
+  return loss_sum / jnp.maximum(mask_bt.sum(), 1).astype(jnp.float32)
+
+
+def make_fisher_step(graphdef: nnx.GraphDef, loss_chunk_size: int = 0):
+  """fisher_step(squares_sum, params, batch) -> squares_sum plus the micro-batch's
+  per-example squared gradients (float32), batch = input_ids, segment_ids [rows, length]."""
+  per_example_grad = jax.vmap(
+      jax.grad(lambda p, ids, segments: example_loss(graphdef, p, ids, segments, loss_chunk_size)),
+      in_axes=(None, 0, 0))
+
+  def fisher_step(squares_sum, params, batch):
+    grads = per_example_grad(params, batch["input_ids"], batch["segment_ids"])  # [rows, ...]
+    return jax.tree.map(lambda s, g: s + jnp.sum(jnp.square(g.astype(jnp.float32)), axis=0),
+                        squares_sum, grads)
+
+  return fisher_step
+
+
+def padded_rows(examples: list[np.ndarray], rows: int, length: int) -> dict[str, np.ndarray]:
+  """A micro-batch: input_ids and segment_ids [rows, length], right-padded, empty rows last."""
+  input_ids = np.zeros((rows, length), np.int32)
+  segment_ids = np.zeros((rows, length), np.int32)
+  for row, ids in enumerate(examples):
+    input_ids[row, :len(ids)], segment_ids[row, :len(ids)] = ids, 1
+  return {"input_ids": input_ids, "segment_ids": segment_ids}
+
+
+def fisher_diagonal(graphdef: nnx.GraphDef, params: nnx.State, examples: list[np.ndarray], *,
+                    mesh, rules, batch_size: int, loss_chunk_size: int = 0,
+                    progress: bool = False, compiler_options: dict | None = None
+                    ) -> tuple[nnx.State, dict]:
+  """(F, timing) over `examples` (int32 token ids, each of >= 2 tokens).
+
+  F is float32, shaped and sharded as `params`. Micro-batches of `batch_size`
+  rows (the last one filled with empty rows) are padded to the longest
+  example, so the step compiles once (with XLA's `compiler_options`, if
+  given). timing: compile_seconds, seconds (the
+  pass after compiling) and examples_per_sec.
+  """
+  parallel = sharding.data_parallel_size(mesh, rules)
+  if batch_size % (parallel * jax.process_count()):
+    raise UserError(f"fisher.batch_size={batch_size} does not divide over the {parallel} "
+                    f"data-parallel devices of {jax.process_count()} process(es); use a multiple "
+                    f"of {parallel * jax.process_count()}")
+  length = max(len(ids) for ids in examples)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  zeros = jax.jit(lambda p: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), p),
+                  out_shardings=param_shardings)
+  batch_sharding = sharding.batch_sharding(mesh, rules, 0)
+  step = jax.jit(make_fisher_step(graphdef, loss_chunk_size), donate_argnums=0,
+                 out_shardings=param_shardings)
+  local_rows = batch_size // jax.process_count()
+  first_row = jax.process_index() * local_rows
+
+  def global_batch(start: int):
+    rows = padded_rows(examples[start:start + batch_size], batch_size, length)
+    return sharding.global_batch({k: v[first_row:first_row + local_rows] for k, v in rows.items()},
+                                 batch_sharding)
+
+  started = time.perf_counter()
+  squares_sum = zeros(params)
+  compiled = step.lower(squares_sum, params, global_batch(0)).compile(compiler_options)
+  compile_seconds = time.perf_counter() - started
+  started = time.perf_counter()
+  bar = tqdm(total=len(examples), unit="example", dynamic_ncols=True,
+             disable=not progress or jax.process_index() != 0)
+  for start in range(0, len(examples), batch_size):
+    squares_sum = compiled(squares_sum, params, global_batch(start))
+    jax.block_until_ready(squares_sum)
+    bar.update(min(batch_size, len(examples) - start))
+  bar.close()
+  diagonal = jax.jit(lambda s: jax.tree.map(lambda x: x / len(examples), s),
+                     donate_argnums=0, out_shardings=param_shardings)(squares_sum)
+  jax.block_until_ready(diagonal)
+  seconds = time.perf_counter() - started
+  return diagonal, {"compile_seconds": round(compile_seconds, 3), "seconds": round(seconds, 3),
+                    "examples_per_sec": round(len(examples) / seconds, 3)}
+
+
+# Site scores and rates ---------------------------------------------------------------
+
+def _flat(state: nnx.State) -> dict[str, jax.Array]:
+  return {".".join(str(p) for p in path): v.get_value() if isinstance(v, nnx.Variable) else v
+          for path, v in nnx.to_flat_state(state)}
+
+
+def tensor_means(diagonal: nnx.State, num_layers: int) -> dict[str, np.ndarray]:
+  """Each parameter's mean Fisher entry: a scalar, or [layers] for stacked ones
+  (computed on the devices; only the means come to the host)."""
+  flat = _flat(diagonal)
+
+  def mean(name, x):
+    x = x.astype(jnp.float32)
+    return x.reshape(num_layers, -1).mean(axis=1) if name.startswith("layers.") else x.mean()
+
+  means = jax.jit(lambda f: {name: mean(name, x) for name, x in f.items()})(flat)
+  return {name: np.asarray(jax.device_get(m), np.float64) for name, m in means.items()}
+
+
+def site_scores_from_means(means: dict[str, np.ndarray], num_layers: int) -> dict[str, float]:
+  """site -> the unweighted mean over the site's tensors of their mean Fisher, in site order."""
+  per_site: dict[str, list[float]] = {site: [] for site in dropout.site_names(num_layers)}
+  for name, value in means.items():
+    kind = site_type_of(name)
+    if kind is None:
+      continue
+    if kind == "embed":
+      per_site["embed"].append(float(value))
+    else:
+      for layer in range(num_layers):
+        per_site[f"layers.{layer}.{kind}"].append(float(value[layer]))
+  return {site: float(np.mean(values)) for site, values in per_site.items()}
+
+
+def site_scores(diagonal: nnx.State, model_config: ModelConfig) -> dict[str, float]:
+  """The score of every dropout site (see the module's doc)."""
+  return site_scores_from_means(tensor_means(diagonal, model_config.num_layers),
+                                model_config.num_layers)
+
+
+def load_rates(path: str, num_layers: int, max_rate: float, min_rate: float) -> dict[str, float]:
+  """site -> guided rate, from a fisher.json's scores, for a model of `num_layers` layers.
+
+  The rates are recomputed from the scores, so `max_rate` and `min_rate` (the
+  config's dropout.max_rate, dropout.min_rate) apply, not the file's.
+  """
+  fix = "run python -m neft_jax.fisher for this model, or point dropout.fisher at its fisher.json"
+  try:
+    with open(path) as f:
+      content = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"{path} does not exist; {fix}") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} could not be read as a fisher.json ({e}); {fix}") from None
+  scores = content.get("sites") if isinstance(content, dict) else None
+  if not isinstance(scores, dict) or not all(
+      isinstance(v, (int, float)) and math.isfinite(v) for v in scores.values()):
+    raise UserError(f"{path} has no 'sites' object of finite scores; {fix}")
+  needed = dropout.site_names(num_layers)
+  if set(scores) != set(needed):
+    have_layers = len({s.split(".")[1] for s in scores if s.startswith("layers.")})
+    if set(scores) == set(dropout.site_names(have_layers)):
+      raise UserError(f"{path} scores the {len(scores)} dropout sites of a {have_layers}-layer "
+                      f"model, but this model has {num_layers} layers ({len(needed)} sites); {fix}")
+    odd = sorted(set(scores) ^ set(needed))
+    raise UserError(f"{path}: its sites do not match this {num_layers}-layer model's {len(needed)} "
+                    f"(differing: {odd[:4]}{' ...' if len(odd) > 4 else ''}); {fix}")
+  return site_rates({site: float(scores[site]) for site in needed}, max_rate, min_rate)
+
+
+def site_rates(scores: dict[str, float], max_rate: float, min_rate: float) -> dict[str, float]:
+  """`dropout.guided_rates` of the scores, in the scores' (site) order."""
+  rates = dropout.guided_rates(scores, max_rate, min_rate)
+  return {site: rates[site] for site in scores}
+
+
+# The diagonal under Hugging Face names -----------------------------------------------
+
+def save_hf_diagonal(diagonal: nnx.State, model_config: ModelConfig, path: str) -> None:
+  """Writes F as float32 safetensors under the checkpoint's own tensor names and
+  shapes, through the family's mapping (the transforms export uses: GPT-2's
+  fused c_attn is q, k and v side by side, transposed). Every process calls it."""
+  flat = _flat(diagonal)
+  tensors = hf_io.FAMILIES[model_config.family].tensors(model_config)
+  jobs, specs = {}, []
+  for tensor in tensors:
+    per_layer = [flat[p].shape[1:] if tensor.per_layer else flat[p].shape for p in tensor.params]
+    for layer in range(model_config.num_layers) if tensor.per_layer else [None]:
+      jobs[tensor.hf_name(layer)] = (tensor, layer)
+      specs.append(TensorSpec(tensor.hf_name(layer), np.dtype(np.float32), tensor.hf_shape(per_layer)))
+
+  on_host: dict[str, np.ndarray] = {}  # the parameters of the tensor being written
+
+  def produce(name: str) -> np.ndarray:
+    tensor, layer = jobs[name]
+    if set(on_host) != set(tensor.params):  # the specs come tensor by tensor, layer by layer
+      on_host.clear()
+      on_host.update({p: hf_io._to_host(flat[p]) for p in tensor.params})  # noqa: SLF001
+    arrays = [on_host[p] if layer is None else on_host[p][layer] for p in tensor.params]
+    return tensor.from_params(arrays).astype(np.float32)
+
+  if jax.process_index() == 0:
+    write_safetensors(path, specs, produce, metadata={"format": "pt", "content": "diagonal Fisher"})
+  else:
+    for spec in specs:  # take part in the same gathers as process 0
+      produce(spec.name)
+
+
+# The whole pass from a config ---------------------------------------------------------
+
+def fisher_examples(config: ml_collections.ConfigDict, tokenizer, model_config: ModelConfig):
+  """The pass's token ids (`neft_jax.data.text`), from the config's fisher section."""
+  section = config.fisher
+  if model_config.positions == "learned" and section.max_length > model_config.max_positions:
+    raise UserError(f"fisher.max_length={section.max_length} is more than the model's "
+                    f"{model_config.max_positions} positions, which are learned; set "
+                    f"fisher.max_length to at most {model_config.max_positions}")
+  documents = text.load_documents(section.data_path, split=section.split,
+                                  text_field=section.text_field,
+                                  fields=sources.Fields(**config.data.fields),
+                                  template=config.data.template, tokenizer=tokenizer)
+  tokenized = text.tokenize_documents(documents, tokenizer, max_length=section.max_length,
+                                      num_examples=section.num_examples,
+                                      bos=start_token(model_config, tokenizer), seed=config.seed)
+  if not tokenized.input_ids:
+    raise UserError(f"fisher.data_path={section.data_path!r}: Fisher data with no text of 2 or "
+                    "more tokens; give documents the model can predict a token of")
+  return tokenized
+
+
+def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal: bool = False,
+                *, progress: bool = True, compiler_options: dict | None = None) -> dict:
+  """Runs the Fisher pass of `config` (model.path, the fisher section) and writes
+  fisher.json to `out_path` (and, with save_diagonal, fisher_diagonal.safetensors
+  beside it). Returns fisher.json's content. `compiler_options` go to XLA for
+  the pass's step."""
+  config_check.validate(config)
+  if not out_path:
+    raise UserError("--out is required: the fisher.json to write")
+  if os.path.isdir(out_path):
+    raise UserError(f"--out={out_path} is a folder; give the path of the fisher.json to write")
+  model_path = config.model.path
+  tokenizer = pipeline.load_tokenizer(*(
+      (config.model.tokenizer, "model.tokenizer") if config.model.tokenizer
+      else (model_path, "model.path")))
+  model_config = hf_io.model_config(model_path, config.model)
+  tokenized = fisher_examples(config, tokenizer, model_config)
+  log.info("fisher: %d of %d documents (%s, seed %d), %d tokens, %d cut at fisher.max_length=%d, "
+           "%d too short", len(tokenized.input_ids), tokenized.num_documents, tokenized.selection,
+           config.seed, tokenized.num_tokens, tokenized.num_truncated, config.fisher.max_length,
+           tokenized.num_too_short)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  mesh, rules = sharding.mesh_from_config(config)
+  model = hf_io.load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
+                        dtype=model_config.dtype, scan_layers=model_config.scan_layers,
+                        remat=model_config.remat, attention=model_config.attention)
+  graphdef, params = nnx.split(model, nnx.Param)
+  del model
+  chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
+  diagonal, timing = fisher_diagonal(graphdef, params, tokenized.input_ids, mesh=mesh, rules=rules,
+                                     batch_size=config.fisher.batch_size, loss_chunk_size=chunk,
+                                     progress=progress, compiler_options=compiler_options)
+  scores = site_scores(diagonal, model_config)
+  content = {
+      "model": model_path,
+      "data_path": config.fisher.data_path,
+      "num_examples": len(tokenized.input_ids),
+      "tokens": tokenized.num_tokens,
+      "selection": tokenized.selection,
+      "seed": config.seed,
+      "max_length": config.fisher.max_length,
+      "sites": scores,
+      "rates": site_rates(scores, config.dropout.max_rate, config.dropout.min_rate),
+      "max_rate": config.dropout.max_rate,
+      "min_rate": config.dropout.min_rate,
+      **timing,
+  }
+  if jax.process_index() == 0:
+    with open(out_path, "w") as f:
+      json.dump(content, f, indent=2)
+  if save_diagonal:
+    save_hf_diagonal(diagonal, model_config,
+                     os.path.join(os.path.dirname(os.path.abspath(out_path)), DIAGONAL_FILE))
+  log.info("fisher: %d examples in %.1f s (%.2f examples/s, %.1f s to compile); wrote %s",
+           content["num_examples"], timing["seconds"], timing["examples_per_sec"],
+           timing["compile_seconds"], out_path)
+  return content
+
+
+def format_sites(content: dict, limit: int = 12) -> str:
+  """A short table of fisher.json's sites: site, score, rate (the first and last
+  `limit // 2` sites of a long list)."""
+  sites = list(content["sites"])
+  shown = sites if len(sites) <= limit else sites[:limit // 2] + [None] + sites[-(limit // 2):]
+  width = max(len("site"), *(len(s) for s in sites))
+  lines = [f"{'site':<{width}}  {'score':>10}  {'rate':>6}"]
+  for site in shown:
+    if site is None:
+      lines.append(f"{'...':<{width}}  ({len(sites) - 2 * (limit // 2)} more)")
+      continue
+    lines.append(f"{site:<{width}}  {content['sites'][site]:>10.3e}  {content['rates'][site]:>6.4f}")
+  return "\n".join(lines)
