@@ -133,6 +133,11 @@ def batch_sharding(mesh: Mesh, rules: Rules, leading_axes: int) -> NamedSharding
   return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), spec[0], None))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array (small run-wide values, like dropout rates)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
 def split_ways(mesh: Mesh, rules: Rules, logical_axis: str, size: int | None = None) -> int:
   """Into how many pieces the rules split a dimension named `logical_axis` (of `size`)."""
   spec = logical_to_spec((logical_axis,), rules, None if size is None else (size,), mesh)

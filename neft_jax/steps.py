@@ -1,6 +1,6 @@
 """The jitted steps: pure functions of the state, a batch and a key.
 
-    train_step(state, batch, key) -> (state, metrics)
+    train_step(state, batch, key, dropout_rates=None) -> (state, metrics)
     eval_step(params, batch) -> sums of loss, response tokens and correct tokens
     eval_loss(eval_step, params, batches, to_global) -> mean loss and token accuracy
 
@@ -8,8 +8,10 @@ A batch holds `input_ids`, `segment_ids` (0 on padding, 1, 2, ... per packed
 example) and `loss_mask` (True on response tokens), each [accum, rows, length]
 for training (gradient accumulation scans the first axis) and [rows, length]
 for evaluation. The loss is the mean over the response tokens of the whole
-accumulated batch. NEFTune noise is drawn only in the train step, from
-fold_in(fold_in(key, step), micro_batch), so a resumed run draws the same noise.
+accumulated batch. NEFTune noise and dropout happen only in the train step.
+`key` is the run's root key; each purpose has its own key from it (NOISE_KEY,
+DROPOUT_KEY), folded with the step and the micro-batch, so a resumed run draws
+the same noise and the same dropout masks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from neft_jax import loss, neftune
+from neft_jax import dropout, loss, neftune
+
+# Purposes of the keys derived from the run's root key (config.seed).
+NOISE_KEY = 1
+DROPOUT_KEY = 2
 
 
 @flax.struct.dataclass
@@ -53,14 +59,15 @@ def target_mask(batch) -> jax.Array:
   return next_is_response & (next_segments == segments) & (next_segments != 0)
 
 
-def _hidden_and_targets(model, batch, noise: Noise, noise_key):
-  """The final-normed hidden states [batch, length, embed] and the next tokens."""
+def _hidden_and_targets(model, batch, noise: Noise, noise_key, drop=None):
+  """The final-normed hidden states [batch, length, embed] and the next tokens;
+  `drop` is a `neft_jax.dropout.Dropout` (None: no dropout)."""
   input_ids, segment_ids = batch["input_ids"], batch["segment_ids"]
   embeddings = model.embed_tokens(input_ids)
   if noise.alpha:
     embeddings = neftune.add_noise(embeddings, noise_key, alpha=noise.alpha,
                                    segment_ids=segment_ids, distribution=noise.distribution)
-  hidden_btd = model.hidden_states(embeddings=embeddings, segment_ids=segment_ids)
+  hidden_btd = model.hidden_states(embeddings=embeddings, segment_ids=segment_ids, dropout=drop)
   targets_bt = jnp.concatenate([input_ids[:, 1:], input_ids[:, :1]], axis=1)
   return hidden_btd, targets_bt
 
@@ -79,8 +86,13 @@ def token_losses(model, batch, *, noise: Noise = Noise(), noise_key=None, loss_c
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    learning_rate: optax.Schedule, noise: Noise, loss_chunk_size: int = 0):
+                    learning_rate: optax.Schedule, noise: Noise, loss_chunk_size: int = 0,
+                    dropout_distribution: str = "bernoulli"):
   """The train step for a model structure, an optimizer and NEFTune settings.
+
+  `dropout_rates` of the step maps each dropout site type that is on to its
+  rates ("embed" a scalar, the layer types [layers]; `neft_jax.dropout.rates`);
+  None or {} is no dropout. The types present are static, the rates data.
 
   `loss_chunk_size` > 0 runs the output layer and its loss over that many
   positions of every row at a time, fused with their gradients
@@ -88,16 +100,22 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   logits at once.
   """
 
-  def train_step(state: TrainState, batch, key):
+  def train_step(state: TrainState, batch, key, dropout_rates=None):
     total_tokens = jnp.maximum(target_mask(batch).sum(), 1).astype(jnp.float32)
-    step_key = jax.random.fold_in(key, state.step)
+    noise_key = jax.random.fold_in(jax.random.fold_in(key, NOISE_KEY), state.step)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(key, DROPOUT_KEY), state.step)
     num_micro = batch["input_ids"].shape[0]
 
     def micro_step(micro_batch, index):
+      drop = None
+      if dropout_rates:
+        drop = dropout.Dropout(jax.random.fold_in(dropout_key, index), dict(dropout_rates),
+                               dropout_distribution)
+
       def loss_fn(params):
         model = nnx.merge(graphdef, params)
         hidden_btd, targets_bt = _hidden_and_targets(
-            model, micro_batch, noise, jax.random.fold_in(step_key, index))
+            model, micro_batch, noise, jax.random.fold_in(noise_key, index), drop)
         loss_sum = loss.masked_loss_sum(hidden_btd, model.head(), targets_bt,
                                         target_mask(micro_batch), loss_chunk_size)
         return loss_sum / total_tokens

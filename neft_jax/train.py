@@ -29,7 +29,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import (checkpoint, cli, config_check, demo, loss, metrics, multihost, optim,
+from neft_jax import (checkpoint, cli, config_check, demo, dropout, loss, metrics, multihost, optim,
                       run, sharding, steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
@@ -51,8 +51,31 @@ def define_flags() -> None:
   flags.DEFINE_integer("process_id", None, "This process's jax.distributed index.")
   flags.mark_flags_as_required(["config"])
 
-# Purposes of keys derived from the root key (config.seed).
-NOISE_KEY = 1
+DROPOUT_RATES_FILE = "dropout_rates.json"
+
+
+def dropout_site_rates(config, model_config: ModelConfig, workdir, mesh) -> dict[str, float]:
+  """Every dropout site's rate for this run. Guided rates come from the Fisher
+  scores in dropout.fisher (default {workdir}/fisher.json); without that file
+  the Fisher pass runs first and writes it. With no workdir (the dry run) and
+  no file, every site that is on gets a placeholder rate: the program is the same."""
+  scores = None
+  if config.dropout.mode == "guided":
+    from neft_jax import information
+    path = run.resolve(config.dropout.fisher, workdir) if config.dropout.fisher else (
+        None if workdir is None else str(epath.Path(workdir) / information.FISHER_FILE))
+    if path is None or not epath.Path(path).exists():
+      if workdir is None:
+        return dropout.site_rates(ml_collections.ConfigDict(
+            dict(config.dropout) | {"mode": "uniform", "rate": config.dropout.max_rate}), model_config)
+      if config.dropout.fisher:
+        raise UserError(f"dropout.fisher={config.dropout.fisher!r} does not exist; run "
+                        f"python -m neft_jax.fisher --out=... first, or leave dropout.fisher empty "
+                        f"to run the Fisher pass into the workdir")
+      log.info("dropout.mode=guided: no %s yet, running the Fisher pass on fisher.data_path", path)
+      information.fisher_pass(config, path, mesh=mesh)
+    scores = information.read_scores(path, model_config.num_layers)
+  return dropout.site_rates(config.dropout, model_config, scores)
 
 
 def prepare_workdir(workdir: str) -> epath.Path:
@@ -158,12 +181,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     del model
     opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
     state = steps.TrainState(jax.device_put(np.int32(0), state_shardings.step), params, opt_state)
-  noise_key = jax.random.fold_in(root_key, NOISE_KEY)
 
   # ---------------------------------------------------------------- steps
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
   chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
-  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk),
+  site_rates = dropout_site_rates(config, model_config, workdir, mesh)
+  if is_main:
+    dropout.write_rates(workdir / DROPOUT_RATES_FILE, site_rates, config.dropout)
+  log.info("dropout (%s, %s): rate of every site, layer by layer; all in %s\n%s",
+           config.dropout.mode, config.dropout.distribution, DROPOUT_RATES_FILE,
+           "\n".join(dropout.describe(site_rates, model_config.num_layers)))
+  dropout_rates = jax.device_put(dropout.rates_by_type(site_rates, model_config.num_layers),
+                                 sharding.replicated(mesh))
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk,
+                                             config.dropout.distribution),
                        donate_argnums=0, out_shardings=(state_shardings, None))
   eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
   train_sharding = sharding.batch_sharding(mesh, rules, 1)
@@ -204,7 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   for step in range(first_step, last_step):
     batch = sharding.global_batch(next(data_iter), train_sharding)
     with sharding.activation_rules(mesh, rules):
-      state, step_metrics = train_step(state, batch, noise_key)
+      state, step_metrics = train_step(state, batch, root_key, dropout_rates)
     pending.append(step_metrics)
     done = step + 1
     preempted = preemption.reached(done)
@@ -277,11 +308,15 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   }
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
   chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
-  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk),
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk,
+                                             config.dropout.distribution),
                        donate_argnums=0)
+  dropout_rates = dropout.rates_by_type(
+      dropout_site_rates(config, model_config, None, mesh), model_config.num_layers)
   start = time.perf_counter()
   with sharding.activation_rules(mesh, rules):
-    compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0)).compile()
+    compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0),
+                                dropout_rates).compile()
   compile_seconds = time.perf_counter() - start
 
   def per_device_bytes(tree) -> int:

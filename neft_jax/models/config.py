@@ -68,6 +68,9 @@ class ModelConfig:
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
   initializer_range: float = 0.02
+  # The checkpoint's own dropout, (site type, rate) pairs: what transformers
+  # applies in training, and what dropout.mode="hf" applies.
+  hf_dropout: tuple[tuple[str, float], ...] = ()
 
   # Run options: how the same weights are stored and computed.
   param_dtype: str = "float32"

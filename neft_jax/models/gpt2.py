@@ -6,12 +6,8 @@ biases everywhere, a tied head (untied when the config says so), and q/k/v fused
 
 from __future__ import annotations
 
-import logging
-
 from neft_jax.models.config import ACTIVATIONS, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
-
-log = logging.getLogger(__name__)
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -30,10 +26,10 @@ def config_from_hf(hf: HFConfig) -> ModelConfig:
     raise hf.unsupported("scale_attn_by_inverse_layer_idx", True, "not implemented")
   if hf.get("add_cross_attention", False):
     raise hf.unsupported("add_cross_attention", True, "neft_jax models are decoder-only")
-  dropout = {k: hf.get(k, 0.0) for k in ("attn_pdrop", "resid_pdrop", "embd_pdrop")}
-  if any(dropout.values()):
-    log.info("%s: dropout %s is not applied; neft_jax trains without dropout",
-             hf.source, dropout)
+  resid_pdrop = float(hf.get("resid_pdrop", 0.1))
+  hf_dropout = (("embed", float(hf.get("embd_pdrop", 0.1))),
+                ("attention_probs", float(hf.get("attn_pdrop", 0.1))),
+                ("attention_output", resid_pdrop), ("mlp_output", resid_pdrop))
   head_dim = embed_dim // num_heads
   return ModelConfig(
       family=MODEL_TYPE,
@@ -56,6 +52,7 @@ def config_from_hf(hf: HFConfig) -> ModelConfig:
       tie_embeddings=hf.get("tie_word_embeddings", True),
       attention_scale=None if hf.get("scale_attn_weights", True) else 1.0,
       initializer_range=hf.get("initializer_range", 0.02),
+      hf_dropout=hf_dropout,
       **hf.token_ids(),
   )
 

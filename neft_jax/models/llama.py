@@ -6,12 +6,8 @@ grouped-query attention when num_key_value_heads < num_attention_heads.
 
 from __future__ import annotations
 
-import logging
-
 from neft_jax.models.config import ACTIVATIONS, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
-
-log = logging.getLogger(__name__)
 
 MODEL_TYPE = "llama"
 ARCHITECTURE = "LlamaForCausalLM"
@@ -26,9 +22,6 @@ def config_from_hf(hf: HFConfig, family: str = MODEL_TYPE, **switches) -> ModelC
   activation = hf.get("hidden_act", "silu")
   if activation not in ACTIVATIONS:
     raise hf.unsupported("hidden_act", activation, f"supported: {sorted(ACTIVATIONS)}")
-  if hf.get("attention_dropout", 0.0):
-    log.warning("%s: attention_dropout=%s is not applied; neft_jax trains without dropout",
-                hf.source, hf.get("attention_dropout"))
   attention_bias = hf.get("attention_bias", False)
   options = dict(
       family=family,
@@ -51,6 +44,7 @@ def config_from_hf(hf: HFConfig, family: str = MODEL_TYPE, **switches) -> ModelC
       mlp_bias=hf.get("mlp_bias", False),
       tie_embeddings=hf.get("tie_word_embeddings", False),
       initializer_range=hf.get("initializer_range", 0.02),
+      hf_dropout=(("attention_probs", float(hf.get("attention_dropout", 0.0))),),
       **hf.token_ids(),
   )
   options.update(switches)

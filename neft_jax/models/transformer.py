@@ -122,7 +122,7 @@ def apply_rotary(x_btnh: jax.Array, cos, sin) -> jax.Array:
   return x_btnh * cos + rotated * sin
 
 
-def attention(q_btnh, k_bskh, v_bskh, mask_b1ts, scale=None, *, causal: bool):
+def attention(q_btnh, k_bskh, v_bskh, mask_b1ts, scale=None, *, causal: bool, drop_probs=None):
   """Softmax attention written out: (output [batch, length, heads, head_dim],
   probabilities [batch, heads, length, slots]).
 
@@ -132,7 +132,9 @@ def attention(q_btnh, k_bskh, v_bskh, mask_b1ts, scale=None, *, causal: bool):
   and key/value heads as leading axes and the query heads that share a
   key/value head merged with the query positions, which XLA's CPU backend
   runs about twice as fast, forward and backward, as jax's layout. The
-  probabilities cost nothing extra unless the caller uses them.
+  probabilities cost nothing extra unless the caller uses them. `drop_probs`,
+  if given, transforms them before they weight the values (dropout), as
+  transformers' eager attention does; the returned ones are before it.
   """
   b, t, n, h = q_btnh.shape
   s, k = k_bskh.shape[1], k_bskh.shape[2]
@@ -152,7 +154,8 @@ def attention(q_btnh, k_bskh, v_bskh, mask_b1ts, scale=None, *, causal: bool):
   large_negative = -0.7 * jnp.finfo(jnp.float32).max
   probs_bkgts = jax.nn.softmax(jnp.where(keep, logits_bkgts, large_negative), axis=-1)
   probs_bkgts = probs_bkgts.astype(v_bskh.dtype)
-  encoded_bkgh = batch_matmul(probs_bkgts.reshape(b, k, g * t, s), v_bksh, 2, v_bskh.dtype)
+  weights_bkgts = probs_bkgts if drop_probs is None else drop_probs(probs_bkgts)
+  encoded_bkgh = batch_matmul(weights_bkgts.reshape(b, k, g * t, s), v_bksh, 2, v_bskh.dtype)
   encoded_btnh = jnp.transpose(encoded_bkgh.reshape(b, k, g, t, h), (0, 3, 1, 2, 4))
   return encoded_btnh.reshape(b, t, n, h), probs_bkgts.reshape(b, n, t, s)
 
@@ -177,13 +180,14 @@ class Attention(nnx.Module):
     self.implementation = cfg.attention
 
   def __call__(self, x_btd: jax.Array, rotary, mask_b1ts: jax.Array | None, kv=None,
-               cache_index=None):
+               cache_index=None, dropout=None):
     """Attention output; with a layer's (keys, values) cache, also the updated cache.
 
     Without a cache, attention is causal over the input, and `mask_b1ts` only
     removes padding and other packed segments. With one, the new keys and
     values are written at slot `cache_index` and the queries attend to every
     slot that `mask_b1ts` allows (it then carries the causal part too).
+    `dropout` (a layer's `neft_jax.dropout.Dropout`) drops the probabilities.
     """
     q_btnh, k_btkh, v_btkh = self.query(x_btd), self.key(x_btd), self.value(x_btd)
     if self.use_rope:
@@ -197,13 +201,16 @@ class Attention(nnx.Module):
     k_bskh = sharding.constrain(k_bskh, ("batch", "length", "kv_heads", "head_dim"))
     v_bskh = sharding.constrain(v_bskh, ("batch", "length", "kv_heads", "head_dim"))
     k_bskh, v_bskh = k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype)
-    if self.implementation == "cudnn":
+    drop_probs = dropout is not None and dropout.on("attention_probs")
+    if self.implementation == "cudnn" and not drop_probs:
       # Causal masking comes from is_causal, so that cuDNN skips the masked blocks.
       encoded_btnh = jax.nn.dot_product_attention(
           q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=self.scale, is_causal=kv is None,
           implementation="cudnn")
     else:
-      encoded_btnh, _ = attention(q_btnh, k_bskh, v_bskh, mask_b1ts, self.scale, causal=kv is None)
+      encoded_btnh, _ = attention(
+          q_btnh, k_bskh, v_bskh, mask_b1ts, self.scale, causal=kv is None,
+          drop_probs=(lambda p: dropout("attention_probs", p)) if drop_probs else None)
     out_btd = self.out(encoded_btnh)
     return out_btd if kv is None else (out_btd, (k_bskh, v_bskh))
 
@@ -243,12 +250,13 @@ class Block(nnx.Module):
     self.mlp_norm = Norm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None):
-    attended = self.attn(self.attn_norm(x_btd), rotary, mask_b1ts, kv, cache_index)
+  def __call__(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None, dropout=None):
+    attended = self.attn(self.attn_norm(x_btd), rotary, mask_b1ts, kv, cache_index, dropout)
     if kv is not None:
       attended, kv = attended
-    x_btd = x_btd + attended
-    x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
+    site = dropout if dropout is not None else (lambda kind, y: y)  # on both residual branches
+    x_btd = x_btd + site("attention_output", attended)
+    x_btd = x_btd + site("mlp_output", self.mlp(self.mlp_norm(x_btd)))
     x_btd = sharding.constrain(x_btd, ("batch", "length", "embed"))
     return x_btd if kv is None else (x_btd, kv)
 
@@ -362,13 +370,13 @@ class Transformer(nnx.Module):
     return sharding.constrain(x_btd, ("batch", "length", "embed"))
 
   def __call__(self, input_ids=None, attention_mask=None, segment_ids=None, positions=None,
-               *, embeddings=None, cache: KVCache | None = None):
+               *, embeddings=None, cache: KVCache | None = None, dropout=None):
     """Logits [batch, length, vocab] in float32 (and the updated cache, if given one).
 
     The arguments are those of `hidden_states`.
     """
     hidden = self.hidden_states(input_ids, attention_mask, segment_ids, positions,
-                                embeddings=embeddings, cache=cache)
+                                embeddings=embeddings, cache=cache, dropout=dropout)
     if cache is None:
       return output_logits(hidden, self.head())
     hidden_btd, cache = hidden
@@ -379,7 +387,7 @@ class Transformer(nnx.Module):
     return (self.embed if self.config.tie_embeddings else self.lm_head)[...]
 
   def hidden_states(self, input_ids=None, attention_mask=None, segment_ids=None, positions=None,
-                    *, embeddings=None, cache: KVCache | None = None):
+                    *, embeddings=None, cache: KVCache | None = None, dropout=None):
     """The final-normed hidden states [batch, length, embed] that the output layer
     maps to logits (and the updated cache, if given one).
 
@@ -395,6 +403,8 @@ class Transformer(nnx.Module):
         input continues the cache's rows at slot `cache.index`; then pass
         `positions`, and `attention_mask` marks which new tokens are real.
         Returns (hidden states, cache).
+      dropout: a `neft_jax.dropout.Dropout` for training (None: no dropout):
+        its key and the rates of the sites that are on.
     """
     cfg = self.config
     x_btd = self.embed_tokens(input_ids) if embeddings is None else embeddings
@@ -403,12 +413,14 @@ class Transformer(nnx.Module):
       positions = default_positions(x_btd.shape[:2], attention_mask, segment_ids)
     if cfg.positions == "learned":
       x_btd = x_btd + jnp.take(self.pos_embed[...], positions, axis=0).astype(x_btd.dtype)
+    if dropout is not None:
+      x_btd = dropout("embed", x_btd)
     rotary = None
     if cfg.positions == "rope":
       rotary = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, x_btd.dtype)
     if cache is None:
       mask_b1ts = padding_and_segment_mask(attention_mask, segment_ids)
-      x_btd, _ = self._run_layers(x_btd, rotary, mask_b1ts)
+      x_btd, _ = self._run_layers(x_btd, rotary, mask_b1ts, dropout=dropout)
     else:
       new_valid_bt = (jnp.ones(x_btd.shape[:2], bool) if attention_mask is None
                       else attention_mask.astype(bool))
@@ -419,27 +431,31 @@ class Transformer(nnx.Module):
     x_btd = self.final_norm(x_btd)
     return x_btd if cache is None else (x_btd, cache)
 
-  def _run_layers(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None):
+  def _run_layers(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None, dropout=None):
     """The blocks over x, scanned or unrolled; with (keys, values) stacked over
-    layers, also the updated stack."""
+    layers, also the updated stack. Each layer's dropout rates are scanned over
+    with its parameters, and its key is folded from the layer index."""
     cfg = self.config
     graphdef, stacked = nnx.split(self.layers)
+    layer_dropout = None if dropout is None else (jnp.arange(cfg.num_layers), dropout.layer_rates())
 
-    def layer(x_btd, params_and_kv):
-      params, layer_kv = params_and_kv
+    def layer(x_btd, per_layer):
+      params, layer_kv, drop = per_layer
       block = nnx.merge(graphdef, params)
+      drop = None if drop is None else dropout.layer(*drop)
       if layer_kv is None:
-        return block(x_btd, rotary, mask_b1ts), None
+        return block(x_btd, rotary, mask_b1ts, dropout=drop), None
       return block(x_btd, rotary, mask_b1ts, layer_kv, cache_index)
 
     if cfg.remat != "none":
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      return jax.lax.scan(layer, x_btd, (stacked, kv))
+      return jax.lax.scan(layer, x_btd, (stacked, kv, layer_dropout))
     new_kv = []
     for i in range(cfg.num_layers):
+      at_layer = lambda tree: jax.tree.map(lambda p: p[i], tree)
       layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-      x_btd, updated = layer(x_btd, (jax.tree.map(lambda p: p[i], stacked), layer_kv))
+      x_btd, updated = layer(x_btd, (at_layer(stacked), layer_kv, at_layer(layer_dropout)))
       new_kv.append(updated)
     if kv is None:
       return x_btd, None
