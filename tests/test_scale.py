@@ -1,5 +1,8 @@
 """The same run on any mesh: data, FSDP and tensor parallel, restores across
-meshes, sharded NEFTune noise without communication, and the dry run."""
+meshes, sharded NEFTune noise without communication, and the dry run.
+
+Every run has NEFTune and dropout at every site on, so the losses being equal
+on every mesh and across a resume also holds for the dropout masks."""
 
 import json
 import os
@@ -45,6 +48,7 @@ def scale_config(assets, mesh=(8, 1, 1), **changes):
   config.train.steps, config.train.batch_size, config.train.log_every = 5, 8, 1
   config.checkpoint.every_steps = 100
   config.eval.exact_match = False
+  config.dropout.mode, config.dropout.rate = "uniform", 0.1
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
   for key, value in changes.items():
     section, name = key.split("__")
@@ -59,9 +63,11 @@ def losses(workdir):
 
 @pytest.fixture(scope="module")
 def reference(assets, tmp_path_factory):
-  """Five steps with NEFTune on one device."""
+  """Five steps with NEFTune and dropout on one device."""
   workdir = tmp_path_factory.mktemp("one_device")
   train.train(scale_config(assets, (1, 1, 1), mesh__num_devices=1), str(workdir))
+  rates = json.load(open(workdir / "dropout_rates.json"))["rates"]
+  assert len(rates) == 1 + 3 * 2 and set(rates.values()) == {0.1}
   return losses(workdir)
 
 
