@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from neft_jax import config_check, dropout, loss, sharding
+from neft_jax import config_check, dropout, loss, run, sharding
 from neft_jax.data import pipeline, sources, text
 from neft_jax.data.tokenize import start_token
 from neft_jax.errors import UserError
@@ -309,16 +309,24 @@ def fisher_examples(config: ml_collections.ConfigDict, tokenizer, model_config: 
 
 
 def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal: bool = False,
-                *, progress: bool = True, compiler_options: dict | None = None) -> dict:
+                *, workdir=None, progress: bool = True, compiler_options: dict | None = None) -> dict:
   """Runs the Fisher pass of `config` (model.path, the fisher section) and writes
   fisher.json to `out_path` (and, with save_diagonal, fisher_diagonal.safetensors
-  beside it). Returns fisher.json's content. `compiler_options` go to XLA for
-  the pass's step."""
+  beside it). Returns fisher.json's content.
+
+  `workdir` (a training run's) fills `{workdir}` in model.path, model.tokenizer
+  and fisher.data_path; `compiler_options` go to XLA for the pass's step.
+  """
   config_check.validate(config)
   if not out_path:
     raise UserError("--out is required: the fisher.json to write")
   if os.path.isdir(out_path):
     raise UserError(f"--out={out_path} is a folder; give the path of the fisher.json to write")
+  if workdir is not None:
+    config = config.copy_and_resolve_references()
+    config.model.path = run.resolve(config.model.path, workdir)
+    config.model.tokenizer = run.resolve(config.model.tokenizer, workdir)
+    config.fisher.data_path = run.resolve(config.fisher.data_path, workdir)
   model_path = config.model.path
   tokenizer = pipeline.load_tokenizer(*(
       (config.model.tokenizer, "model.tokenizer") if config.model.tokenizer
@@ -367,16 +375,16 @@ def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal:
   return content
 
 
-def format_sites(content: dict, limit: int = 12) -> str:
-  """A short table of fisher.json's sites: site, score, rate (the first and last
-  `limit // 2` sites of a long list)."""
+def format_sites(content: dict, limit: int = 25) -> str:
+  """A short table of fisher.json's sites: site, score, rate (beyond `limit` sites,
+  the first and last 6; fisher.json has them all)."""
   sites = list(content["sites"])
-  shown = sites if len(sites) <= limit else sites[:limit // 2] + [None] + sites[-(limit // 2):]
+  shown = sites if len(sites) <= limit else sites[:6] + [None] + sites[-6:]
   width = max(len("site"), *(len(s) for s in sites))
   lines = [f"{'site':<{width}}  {'score':>10}  {'rate':>6}"]
   for site in shown:
     if site is None:
-      lines.append(f"{'...':<{width}}  ({len(sites) - 2 * (limit // 2)} more)")
+      lines.append(f"{'...':<{width}}  ({len(sites) - 12} more in fisher.json)")
       continue
     lines.append(f"{site:<{width}}  {content['sites'][site]:>10.3e}  {content['rates'][site]:>6.4f}")
   return "\n".join(lines)

@@ -86,9 +86,9 @@ def test_pass_matches_transformers_per_example_gradients(tmp_path, family):
   positions), Llama (untied head, BOS, GQA), Qwen2 (tied, q/k/v biases)."""
   torch_model, tokenizer = tiny_checkpoint(tmp_path / "model", family)
   (tmp_path / "docs.txt").write_text("\n".join(DOCUMENTS))
-  content = information.fisher_pass(fisher_config(tmp_path / "model", tmp_path / "docs.txt"),
+  content = information.fisher_pass(fisher_config("{workdir}/model", "{workdir}/docs.txt"),
                                     str(tmp_path / "out" / "fisher.json"), save_diagonal=True,
-                                    progress=False, compiler_options=FAST_COMPILE)
+                                    workdir=tmp_path, progress=False, compiler_options=FAST_COMPILE)
   # The examples, tokenized here as transformers would: Llama's tokenizer adds BOS
   # (which makes "x" two tokens).
   with_bos = family == "llama"
