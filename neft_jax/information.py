@@ -56,6 +56,7 @@ from neft_jax.models.weight_files import TensorSpec, write_safetensors
 
 log = logging.getLogger(__name__)
 
+FISHER_FILE = "fisher.json"  # the default name, in a run's workdir
 DIAGONAL_FILE = "fisher_diagonal.safetensors"
 
 # Parameter path prefix -> the site type it feeds (None: no site). Every
@@ -224,6 +225,13 @@ def load_rates(path: str, num_layers: int, max_rate: float, min_rate: float) -> 
   The rates are recomputed from the scores, so `max_rate` and `min_rate` (the
   config's dropout.max_rate, dropout.min_rate) apply, not the file's.
   """
+  return site_rates(read_scores(path, num_layers), max_rate, min_rate)
+
+
+def read_scores(path: str, num_layers: int) -> dict[str, float]:
+  """site -> score of a fisher.json, in site order, checked against a model of
+  `num_layers` layers: a file made for another model is a UserError that says
+  what it has, what the model needs and what to do."""
   fix = "run python -m neft_jax.fisher for this model, or point dropout.fisher at its fisher.json"
   try:
     with open(path) as f:
@@ -245,7 +253,7 @@ def load_rates(path: str, num_layers: int, max_rate: float, min_rate: float) -> 
     odd = sorted(set(scores) ^ set(needed))
     raise UserError(f"{path}: its sites do not match this {num_layers}-layer model's {len(needed)} "
                     f"(differing: {odd[:4]}{' ...' if len(odd) > 4 else ''}); {fix}")
-  return site_rates({site: float(scores[site]) for site in needed}, max_rate, min_rate)
+  return {site: float(scores[site]) for site in needed}
 
 
 def site_rates(scores: dict[str, float], max_rate: float, min_rate: float) -> dict[str, float]:
@@ -309,13 +317,16 @@ def fisher_examples(config: ml_collections.ConfigDict, tokenizer, model_config: 
 
 
 def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal: bool = False,
-                *, workdir=None, progress: bool = True, compiler_options: dict | None = None) -> dict:
+                *, workdir=None, mesh=None, rules=None, progress: bool = True,
+                compiler_options: dict | None = None) -> dict:
   """Runs the Fisher pass of `config` (model.path, the fisher section) and writes
   fisher.json to `out_path` (and, with save_diagonal, fisher_diagonal.safetensors
   beside it). Returns fisher.json's content.
 
   `workdir` (a training run's) fills `{workdir}` in model.path, model.tokenizer
-  and fisher.data_path; `compiler_options` go to XLA for the pass's step.
+  and fisher.data_path; `mesh` (and `rules`, default the config's) is the
+  caller's mesh, else one is made from the config; `compiler_options` go to
+  XLA for the pass's step.
   """
   config_check.validate(config)
   if not out_path:
@@ -338,7 +349,11 @@ def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal:
            config.seed, tokenized.num_tokens, tokenized.num_truncated, config.fisher.max_length,
            tokenized.num_too_short)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  mesh, rules = sharding.mesh_from_config(config)
+  if mesh is None:
+    mesh, rules = sharding.mesh_from_config(config)
+  elif rules is None:
+    rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                  for name, axes in config.sharding.rules)
   model = hf_io.load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
                         dtype=model_config.dtype, scan_layers=model_config.scan_layers,
                         remat=model_config.remat, attention=model_config.attention)

@@ -204,6 +204,9 @@ def write_fisher_json(path, num_layers):
 
 def test_load_rates_recomputes_from_the_scores(tmp_path):
   write_fisher_json(tmp_path / "fisher.json", 1)  # scores 0, 1, 2, 0
+  assert information.read_scores(str(tmp_path / "fisher.json"), 1) == {
+      "embed": 0.0, "layers.0.attention_probs": 1.0, "layers.0.attention_output": 2.0,
+      "layers.0.mlp_output": 0.0}
   rates = information.load_rates(str(tmp_path / "fisher.json"), 1, max_rate=0.3, min_rate=0.0)
   assert list(rates) == dropout.site_names(1)
   assert rates == pytest.approx({"embed": 0.3, "layers.0.attention_probs": 0.1,
