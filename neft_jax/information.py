@@ -126,24 +126,35 @@ def padded_rows(examples: list[np.ndarray], rows: int, length: int) -> dict[str,
   return {"input_ids": input_ids, "segment_ids": segment_ids}
 
 
+MIN_PADDED_LENGTH = 16
+
+
+def padded_length(longest_in_batch: int, longest: int) -> int:
+  """A micro-batch's padded length: the next power of two (at least
+  MIN_PADDED_LENGTH), at most the longest example. So there are few lengths to
+  compile for (6 up to 512 tokens), and a row is at most half padding."""
+  return min(max(MIN_PADDED_LENGTH, 1 << (longest_in_batch - 1).bit_length()), longest)
+
+
 def fisher_diagonal(graphdef: nnx.GraphDef, params: nnx.State, examples: list[np.ndarray], *,
                     mesh, rules, batch_size: int, loss_chunk_size: int = 0,
                     progress: bool = False, compiler_options: dict | None = None
                     ) -> tuple[nnx.State, dict]:
   """(F, timing) over `examples` (int32 token ids, each of >= 2 tokens).
 
-  F is float32, shaped and sharded as `params`. Micro-batches of `batch_size`
-  rows (the last one filled with empty rows) are padded to the longest
-  example, so the step compiles once (with XLA's `compiler_options`, if
-  given). timing: compile_seconds, seconds (the
-  pass after compiling) and examples_per_sec.
+  F is float32, shaped and sharded as `params`. The examples go longest first
+  in micro-batches of `batch_size` rows (the last one filled with empty rows),
+  each padded to `padded_length`; the step compiles once per padded length
+  (with XLA's `compiler_options`, if given). timing: compile_seconds, seconds
+  (the pass without compiling) and examples_per_sec.
   """
   parallel = sharding.data_parallel_size(mesh, rules)
   if batch_size % (parallel * jax.process_count()):
     raise UserError(f"fisher.batch_size={batch_size} does not divide over the {parallel} "
                     f"data-parallel devices of {jax.process_count()} process(es); use a multiple "
                     f"of {parallel * jax.process_count()}")
-  length = max(len(ids) for ids in examples)
+  order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))  # stable: same order everywhere
+  longest = len(examples[order[0]])
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   zeros = jax.jit(lambda p: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), p),
                   out_shardings=param_shardings)
@@ -153,27 +164,34 @@ def fisher_diagonal(graphdef: nnx.GraphDef, params: nnx.State, examples: list[np
   local_rows = batch_size // jax.process_count()
   first_row = jax.process_index() * local_rows
 
-  def global_batch(start: int):
-    rows = padded_rows(examples[start:start + batch_size], batch_size, length)
+  def global_batch(chosen: list[np.ndarray], length: int):
+    rows = padded_rows(chosen, batch_size, length)
     return sharding.global_batch({k: v[first_row:first_row + local_rows] for k, v in rows.items()},
                                  batch_sharding)
 
   started = time.perf_counter()
+  compile_seconds = 0.0
+  compiled = {}  # padded length -> the compiled step
   squares_sum = zeros(params)
-  compiled = step.lower(squares_sum, params, global_batch(0)).compile(compiler_options)
-  compile_seconds = time.perf_counter() - started
-  started = time.perf_counter()
   bar = tqdm(total=len(examples), unit="example", dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0)
   for start in range(0, len(examples), batch_size):
-    squares_sum = compiled(squares_sum, params, global_batch(start))
+    chosen = [examples[i] for i in order[start:start + batch_size]]
+    length = padded_length(len(chosen[0]), longest)
+    batch = global_batch(chosen, length)
+    if length not in compiled:
+      compile_started = time.perf_counter()
+      compiled[length] = step.lower(squares_sum, params, batch).compile(compiler_options)
+      compile_seconds += time.perf_counter() - compile_started
+    squares_sum = compiled[length](squares_sum, params, batch)
     jax.block_until_ready(squares_sum)
-    bar.update(min(batch_size, len(examples) - start))
+    bar.update(len(chosen))
   bar.close()
   diagonal = jax.jit(lambda s: jax.tree.map(lambda x: x / len(examples), s),
                      donate_argnums=0, out_shardings=param_shardings)(squares_sum)
   jax.block_until_ready(diagonal)
-  seconds = time.perf_counter() - started
+  seconds = time.perf_counter() - started - compile_seconds
+  log.info("fisher: micro-batches padded to %s tokens", sorted(compiled))
   return diagonal, {"compile_seconds": round(compile_seconds, 3), "seconds": round(seconds, 3),
                     "examples_per_sec": round(len(examples) / seconds, 3)}
 

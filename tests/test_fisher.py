@@ -105,11 +105,13 @@ def test_pass_matches_transformers_per_example_gradients(tmp_path, family):
 
 
 def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
-  """Examples over the batch axes (fsdp), parameters over fsdp and tensor, padded
-  micro-batches with an empty row; the reference: jax.grad of one unpadded example at a time."""
+  """Examples over the batch axes (fsdp), parameters over fsdp and tensor, micro-batches
+  padded to two lengths (20; 16 with an empty row); the reference: jax.grad of one unpadded
+  example at a time."""
   tiny_checkpoint(tmp_path, "llama")
   rng = np.random.default_rng(0)
-  examples = [rng.integers(0, 300, size).astype(np.int32) for size in (9, 5, 9)]
+  examples = [rng.integers(0, 300, size).astype(np.int32) for size in (5, 20, 20)]
+  assert [information.padded_length(n, 20) for n in (20, 5)] == [20, 16]
   mesh = sharding.make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
   model = hf_io.load_hf(str(tmp_path), mesh=mesh)
   graphdef, params = nnx.split(model, nnx.Param)
@@ -125,6 +127,13 @@ def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
     grads = flat(grad.lower(params, ids).compile(FAST_COMPILE)(params, ids))
     loop = {n: loop.get(n, 0.0) + g**2 / len(examples) for n, g in grads.items()}
   assert_close(flat(diagonal), loop)
+
+
+def test_padded_lengths_are_few():
+  lengths = [information.padded_length(n, 512) for n in range(2, 513)]
+  assert sorted(set(lengths)) == [16, 32, 64, 128, 256, 512]
+  assert all(n <= padded <= max(2 * n - 1, 16) for n, padded in zip(range(2, 513), lengths))
+  assert information.padded_length(9, 12) == 12  # never past the longest example
 
 
 # Site scores and rates ---------------------------------------------------------------
