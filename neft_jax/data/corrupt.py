@@ -29,7 +29,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "", "the noisy copy, in the input's format; the manifest goes to "
                       "OUT.manifest.jsonl")
   flags.DEFINE_string("kind", "", "label, typo or grammar")
-  flags.DEFINE_float("rate", 0.0, "records (label) or words (typo, grammar) to corrupt, in [0, 1]")
+  flags.DEFINE_float("rate", None, "records (label) or words (typo, grammar) to corrupt, in "
+                     "[0, 1]")
   flags.DEFINE_integer("seed", 0, "the noise's seed")
   flags.DEFINE_list("fields", [], "the fields to corrupt (default: the label field, `label` or "
                     "`output`, for label noise; `input` or `text` for the others)")
@@ -118,6 +119,8 @@ def main(FLAGS) -> None:
     return
   if not FLAGS.kind:
     raise UserError("--kind is not set; choose label, typo or grammar (or --apply_manifest)")
+  if FLAGS.rate is None:
+    raise UserError("--rate is not set; give the fraction to corrupt, e.g. --rate=0.1")
   realized = corrupt_file(
       FLAGS.data, FLAGS.out, kind=FLAGS.kind, rate=FLAGS.rate, seed=FLAGS.seed,
       fields=tuple(FLAGS.fields), labels=tuple(FLAGS.labels), label_noise=FLAGS.label_noise,

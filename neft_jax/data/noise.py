@@ -157,7 +157,8 @@ def _check_ops(ops, choices: tuple[str, ...], key: str) -> tuple[str, ...]:
   return tuple(dict.fromkeys(ops))
 
 
-def _check(records, kind, rate, seed, fields, labels, label_noise, typo_ops, grammar_ops):
+def _check_arguments(kind, rate, seed, label_noise, typo_ops, grammar_ops):
+  """The arguments that do not depend on the records; returns the operations as tuples."""
   if not isinstance(kind, str):
     raise UserError(f"kind={kind!r} is not one of {', '.join(map(repr, KINDS))}")
   _check_choice(kind, KINDS, "kind")
@@ -168,8 +169,12 @@ def _check(records, kind, rate, seed, fields, labels, label_noise, typo_ops, gra
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise UserError(f"seed={seed!r} is not an integer")
   _check_choice(label_noise, LABEL_NOISE, "label_noise")
-  typo_ops = _check_ops(typo_ops, TYPO_OPS, "typo_ops")
-  grammar_ops = _check_ops(grammar_ops, GRAMMAR_OPS, "grammar_ops")
+  return _check_ops(typo_ops, TYPO_OPS, "typo_ops"), _check_ops(grammar_ops, GRAMMAR_OPS,
+                                                                "grammar_ops")
+
+
+def _check_fields(records, kind, fields, labels) -> tuple[tuple[str, ...], tuple]:
+  """The fields to corrupt (named, or the defaults) and the label set, checked."""
   fields = (fields,) if isinstance(fields, str) else tuple(fields)
   if not fields:
     fields = default_fields(kind, records)
@@ -187,7 +192,7 @@ def _check(records, kind, rate, seed, fields, labels, label_noise, typo_ops, gra
                       "--labels=negative,positive)" + (f"; got only {labels[0]!r}" if labels else ""))
     if len(set(labels)) != len(labels):
       raise UserError(f"labels={list(labels)} names a label twice; list each label once")
-  return fields, labels, typo_ops, grammar_ops
+  return fields, labels
 
 
 def _label_index(value, labels: tuple, number: int, field: str) -> int:
@@ -229,28 +234,31 @@ def _corrupt_labels(records, field, labels, rate, label_noise, rng):
 def typo_word(word: str, op: str, rng: random.Random) -> str | None:
   """`word` with one typo of kind `op`, case kept; None where `op` cannot apply."""
   lower = word.lower()
+  keyboard = lower.isascii()  # every letter is a key (words are letters only)
   if op == "insert":  # a key next to the one just typed
-    places = [p for p in range(1, len(word) + 1) if lower[p - 1] in KEYBOARD_NEIGHBOURS]
+    places = (range(1, len(word) + 1) if keyboard else
+              [p for p in range(1, len(word) + 1) if lower[p - 1] in KEYBOARD_NEIGHBOURS])
     if not places:
       return None
-    p = places[rng.randrange(len(places))]
-    letter = rng.choice(KEYBOARD_NEIGHBOURS[lower[p - 1]])
+    p = grammar.pick(places, rng)
+    letter = grammar.pick(KEYBOARD_NEIGHBOURS[lower[p - 1]], rng)
     return word[:p] + (letter.upper() if word.isupper() else letter) + word[p:]
   if op == "delete":
-    p = rng.randrange(len(word))
+    p = int(rng.random() * len(word))
     rest = word[:p] + word[p + 1:]
     return grammar.cased(rest, word) if p == 0 and not word.isupper() else rest
   if op == "substitute":
-    places = [p for p in range(len(word)) if lower[p] in KEYBOARD_NEIGHBOURS]
+    places = (range(len(word)) if keyboard else
+              [p for p in range(len(word)) if lower[p] in KEYBOARD_NEIGHBOURS])
     if not places:
       return None
-    p = places[rng.randrange(len(places))]
-    letter = rng.choice(KEYBOARD_NEIGHBOURS[lower[p]])
+    p = grammar.pick(places, rng)
+    letter = grammar.pick(KEYBOARD_NEIGHBOURS[lower[p]], rng)
     return word[:p] + (letter.upper() if word[p].isupper() else letter) + word[p + 1:]
   places = [p for p in range(len(word) - 1) if lower[p] != lower[p + 1]]  # swap
   if not places:
     return None
-  p = places[rng.randrange(len(places))]
+  p = grammar.pick(places, rng)
   first = word[p + 1].upper() if word[p].isupper() else word[p + 1].lower()
   second = word[p].upper() if word[p + 1].isupper() else word[p].lower()
   return word[:p] + first + second + word[p + 2:]
@@ -273,7 +281,7 @@ def _typo_text(text: str, rate: float, ops: tuple[str, ...], rng: random.Random)
   pieces, operations, position = [], [], 0
   for number in hits:
     word = words[number].group()
-    op = ops[rng.randrange(len(ops))]
+    op = grammar.pick(ops, rng)
     after = typo_word(word, op, rng)
     if after is None:  # another in a random order: a uniform choice among those that apply
       for op in _shuffled(tuple(o for o in ops if o != op), rng):
@@ -337,11 +345,11 @@ def corrupt(records: Sequence, *, kind: str, rate: float, seed: int = 0,
   Every argument is checked before anything is drawn: a mistake is a UserError
   that names the argument, the record or the field.
   """
+  typo_ops, grammar_ops = _check_arguments(kind, rate, seed, label_noise, typo_ops, grammar_ops)
   records = list(records)
   if not records:
     return [], [], Realized(0, 0, 0, 0)
-  fields, labels, typo_ops, grammar_ops = _check(
-      records, kind, rate, seed, fields, labels, label_noise, typo_ops, grammar_ops)
+  fields, labels = _check_fields(records, kind, fields, labels)
   rng = random.Random(f"neft_jax.noise:{kind}:{seed}")
   if kind == "label":
     changes, realized = _corrupt_labels(records, fields[0], labels, rate, label_noise, rng)
