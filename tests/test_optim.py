@@ -65,16 +65,21 @@ def test_moments_are_float32_for_bfloat16_parameters(weight_decay):
   params = nnx.state(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
   assert dtypes(params) == {jnp.dtype(jnp.bfloat16)}
   optimizer, _ = optim.optimizer(optim_config(weight_decay=weight_decay, warmup_ratio=0.5), 4)
-  opt_state = optimizer.init(params)
+  opt_state = jax.jit(optimizer.init)(params)
   float32 = {jnp.dtype(jnp.float32)}
   assert dtypes(adam_state(opt_state).mu) == float32 and dtypes(adam_state(opt_state).nu) == float32
 
   gradient = 1e-3
-  grads = jax.tree.map(lambda p: jnp.full_like(p, gradient), params)  # bfloat16, as the step's
-  update = jax.jit(optimizer.update)
-  for _ in range(3):
-    updates, opt_state = update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+
+  @jax.jit  # one compiled program: op by op, each leaf's shape would compile on its own
+  def three_steps(params, opt_state):
+    grads = jax.tree.map(lambda p: jnp.full_like(p, gradient), params)  # bfloat16, as the step's
+    for _ in range(3):
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    return params, opt_state
+
+  params, opt_state = three_steps(params, opt_state)
   assert dtypes(adam_state(opt_state).mu) == float32 and dtypes(adam_state(opt_state).nu) == float32
   assert dtypes(params) == {jnp.dtype(jnp.bfloat16)}
   # The second moment holds the squared gradients to float32 precision (bfloat16: ~3 digits).
