@@ -23,3 +23,24 @@ def shared_data(*parts: str) -> str:
     pytest.skip(f"{path} not found: set NEFT_JAX_SHARED_DATA to the shared data folder "
                 "(real tokenizers and Alpaca data) to run this test")
   return path
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory) -> str:
+  """A folder for the shrunk demo's data, tokenizer and model, written by the first run
+  that needs them (tests.test_train.shrunk_config points there)."""
+  return str(tmp_path_factory.mktemp("demo_assets"))
+
+
+@pytest.fixture(scope="session")
+def shrunk_run(demo_assets, tmp_path_factory):
+  """The shrunk demo trained once for the whole session: 6 steps, checkpoints at 3 and 6.
+
+  Returns (workdir, train's result). Tests only read the workdir; one that changes it
+  works on a copy.
+  """
+  from neft_jax import train
+  from tests.test_train import shrunk_config
+  workdir = tmp_path_factory.mktemp("shrunk_run")
+  result = train.train(shrunk_config(demo_assets), str(workdir))
+  return workdir, result

@@ -14,31 +14,30 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo as demo_config
 from neft_jax import checkpoint, train
 from neft_jax.errors import UserError
+from tests.test_train import shrunk_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The demo made small; the command-line test repeats these as flags.
-SMALL = {"demo.train_examples": 400, "demo.eval_examples": 24, "train.steps": 4,
-         "train.batch_size": 8, "train.log_every": 1, "checkpoint.every_steps": 2,
-         "eval.exact_match": False}
 
 
-def small_config(**changes):
-  config = demo_config.get_config()
-  for key, value in (SMALL | changes).items():
-    section, name = key.split(".")
-    setattr(config[section], name, value)
-  return config
+@pytest.fixture
+def small_config(demo_assets):
+  """shrunk_config with changes keyed "section.name"."""
+  def make(**changes):
+    config = shrunk_config(demo_assets)
+    for key, value in changes.items():
+      section, name = key.split(".")
+      setattr(config[section], name, value)
+    return config
+  return make
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A 4-step demo run with checkpoints at steps 2 and 4 (the demo's files in its workdir)."""
-  workdir = tmp_path_factory.mktemp("trained")
-  result = train.train(small_config(), str(workdir))
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+@pytest.fixture
+def trained(shrunk_run):
+  """The session's 6-step shrunk demo run, with checkpoints at steps 3 and 6."""
+  workdir, result = shrunk_run
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   return workdir, result
 
 
@@ -77,13 +76,14 @@ def abstract_of(state):
      r"params/embed/value is float32\[\d+, 128\] in the checkpoint but bfloat16\[\d+, 128\] "
      r"in this run \(and \d+ more entries differ\)"),
 ])
-def test_checkpoint_that_does_not_fit_stops_the_run_unchanged(workdir, change, difference):
+def test_checkpoint_that_does_not_fit_stops_the_run_unchanged(small_config, workdir, change,
+                                                             difference):
   before = file_hashes(workdir)
   assert "config.json" in before and "metrics.jsonl" in before
   with pytest.raises(UserError) as info:
     train.train(small_config(**change), str(workdir))
   message = str(info.value)
-  assert re.match(re.escape(f"checkpoint 4 in {workdir / 'checkpoints'} does not fit this run's "
+  assert re.match(re.escape(f"checkpoint 6 in {workdir / 'checkpoints'} does not fit this run's "
                             "state: ") + difference + "; ", message), message
   assert "\n" not in message
   assert message.endswith(f"; resume with the config the run was started with "
@@ -106,7 +106,7 @@ def test_restore_compares_metadata_before_reading_arrays(trained, entry, changed
       abstract.params)
   checkpoints = checkpoint.Checkpoints(str(workdir / "checkpoints"), read_only=True)
   try:
-    with pytest.raises(UserError, match="^checkpoint 4 .* does not fit this run's state: "
+    with pytest.raises(UserError, match="^checkpoint 6 .* does not fit this run's state: "
                        + expected.replace("[", r"\[").replace("]", r"\]")):
       checkpoints.restore_latest(abstract.replace(params=params), jax.random.key(0))
     with pytest.raises(UserError, match="does not fit the model of the run's config"):
@@ -129,7 +129,7 @@ def test_first_difference_counts_the_others():
 @pytest.mark.parametrize("damage", ["metadata_truncated", "metadata_deleted", "item_deleted",
                                     "array_file_truncated"])
 def test_partial_or_corrupt_latest_checkpoint_is_skipped(trained, workdir, damage, caplog):
-  step_dir = workdir / "checkpoints" / "4" / "optimizer"
+  step_dir = workdir / "checkpoints" / "6" / "optimizer"
   if damage == "metadata_truncated":
     with open(step_dir / "_METADATA", "r+") as f:
       f.truncate(100)
@@ -147,22 +147,22 @@ def test_partial_or_corrupt_latest_checkpoint_is_skipped(trained, workdir, damag
       restored = checkpoints.restore_latest(abstract_of(trained[1]["state"]), jax.random.key(0))
   finally:
     checkpoints.close()
-  assert restored is not None and int(restored[0].step) == 2
-  assert "checkpoint 4" in caplog.text and "could not be restored" in caplog.text
-  assert checkpoints.unrestorable == [4]
+  assert restored is not None and int(restored[0].step) == 3
+  assert "checkpoint 6" in caplog.text and "could not be restored" in caplog.text
+  assert checkpoints.unrestorable == [6]
 
 
 def test_save_that_never_finished_is_not_a_checkpoint(trained, workdir):
   # What an interrupted save leaves on a local disk: the step's temporary folder.
-  unfinished = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1764000000000000"
-  os.rename(workdir / "checkpoints" / "4", unfinished)
+  unfinished = workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1764000000000000"
+  os.rename(workdir / "checkpoints" / "6", unfinished)
   checkpoints = checkpoint.Checkpoints(str(workdir / "checkpoints"))
   try:
-    assert checkpoints.steps() == [2]
+    assert checkpoints.steps() == [3]
     restored = checkpoints.restore_latest(abstract_of(trained[1]["state"]), jax.random.key(0))
   finally:
     checkpoints.close()
-  assert int(restored[0].step) == 2 and checkpoints.unrestorable == []
+  assert int(restored[0].step) == 3 and checkpoints.unrestorable == []
   assert os.path.isdir(unfinished)  # left as it was
 
 
@@ -172,20 +172,26 @@ def losses(workdir):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_run_resumes_before_a_corrupt_checkpoint_and_replaces_it(trained, workdir, caplog):
-  os.remove(workdir / "checkpoints" / "4" / "params" / "_METADATA")
-  with caplog.at_level(logging.WARNING):
-    result = train.train(small_config(), str(workdir))
-  assert "checkpoint 4" in caplog.text and "replacing checkpoint 4" in caplog.text
-  assert result["steps"] == 4 and sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-  assert os.path.exists(workdir / "checkpoints" / "4" / "params" / "_METADATA")
-  # Steps 3 and 4 again, from step 2's checkpoint: the same losses as the first time.
+def test_run_resumes_before_a_corrupt_checkpoint_and_replaces_it(small_config, trained, workdir,
+                                                                 caplog):
+  os.remove(workdir / "checkpoints" / "6" / "params" / "_METADATA")
+  with caplog.at_level(logging.WARNING):  # no exact-match decoding: the losses are compared
+    result = train.train(small_config(**{"eval.exact_match": False}), str(workdir))
+  assert "checkpoint 6" in caplog.text and "replacing checkpoint 6" in caplog.text
+  assert result["steps"] == 6 and sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  assert os.path.exists(workdir / "checkpoints" / "6" / "params" / "_METADATA")
+  # Steps 4 to 6 again, from step 3's checkpoint: the same losses as the first time.
   assert losses(workdir) == losses(trained[0])
 
 
-def test_command_line_mismatch_is_one_error_line_and_exit_1(workdir):
+def test_command_line_mismatch_is_one_error_line_and_exit_1(small_config, workdir):
   before = file_hashes(workdir)
-  flags = [f"--config.{key}={value}" for key, value in SMALL.items()]
+  config = small_config()  # the run's config, as flags
+  flags = [f"--config.{section}.{name}={config[section][name]}" for section, name in (
+      ("demo", "train_examples"), ("demo", "eval_examples"), ("model", "path"), ("data", "path"),
+      ("data", "eval_path"), ("train", "steps"), ("train", "batch_size"), ("train", "log_every"),
+      ("checkpoint", "every_steps"), ("eval", "exact_match_examples"),
+      ("eval", "max_new_tokens"), ("train", "peak_tflops"))]
   result = subprocess.run(
       [sys.executable, "-m", "neft_jax.train", "--config=configs/demo.py", f"--workdir={workdir}",
        *flags, "--config.optim.weight_decay=0.1"],
@@ -194,5 +200,5 @@ def test_command_line_mismatch_is_one_error_line_and_exit_1(workdir):
   assert result.returncode == 1, result.stderr[-2000:]
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(error_lines) == 1 and "Traceback" not in result.stderr
-  assert error_lines[0].startswith("error: checkpoint 4 in ") and "does not fit" in error_lines[0]
+  assert error_lines[0].startswith("error: checkpoint 6 in ") and "does not fit" in error_lines[0]
   assert file_hashes(workdir) == before

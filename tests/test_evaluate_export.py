@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from neft_jax import evaluate, export, sharding, train
+from neft_jax import evaluate, export, sharding
 from neft_jax.errors import UserError
 from neft_jax.models import load_hf
 from neft_jax.run import trained_model
@@ -21,14 +21,10 @@ from tests.test_train import shrunk_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A shrunk demo run: 6 steps, checkpoints at 3 and 6."""
-  assets = tmp_path_factory.mktemp("assets")
-  workdir = tmp_path_factory.mktemp("run")
-  config = shrunk_config(str(assets))
-  train.train(config, str(workdir))
-  return config, workdir
+@pytest.fixture
+def run(demo_assets, shrunk_run):
+  """The session's shrunk demo run (6 steps, checkpoints at 3 and 6) and its config."""
+  return shrunk_config(demo_assets), shrunk_run[0]
 
 
 def eval_config(config, **generate):

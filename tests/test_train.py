@@ -32,16 +32,15 @@ def shrunk_config(assets, **changes):
   return config
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("demo_assets"))
+@pytest.fixture
+def assets(demo_assets):
+  return demo_assets
 
 
-@pytest.fixture(scope="module")
-def straight_run(assets, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("straight")
-  result = train.train(shrunk_config(assets), str(workdir))
-  return workdir, result
+@pytest.fixture
+def straight_run(shrunk_run):
+  """The session's shrunk demo run (tests/conftest.py), trained once for every module."""
+  return shrunk_run
 
 
 def losses(workdir):
