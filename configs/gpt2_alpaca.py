@@ -12,6 +12,15 @@ so `none` fits one 80 GB GPU per device with room to spare (these figures
 computed the output layer over the whole micro-batch; the default
 `train.loss_chunk_size=-1` now runs it 64 positions at a time for the
 50,257-token vocabulary, which only lowers them).
+
+Dropout as transformers fine-tunes GPT-2: `dropout.mode="hf"` applies the
+checkpoint's own embd_pdrop, attn_pdrop and resid_pdrop (0.1 each for `gpt2`).
+Guided dropout instead, from the Fisher information of the pretraining loss:
+
+    python -m neft_jax.fisher --config=configs/gpt2_alpaca.py --out=runs/gpt2_fisher/fisher.json \
+        --config.fisher.data_path=/data/openwebtext_subset.jsonl
+    python -m neft_jax.train --config=configs/gpt2_alpaca.py --workdir=runs/gpt2_guided \
+        --config.dropout.mode=guided --config.dropout.fisher=runs/gpt2_fisher/fisher.json
 """
 
 from neft_jax.defaults import base
@@ -23,4 +32,5 @@ def get_config():
   config.data.path = "tatsu-lab/alpaca"
   config.data.eval_size = 200
   config.model.remat = "none"
+  config.dropout.mode = "hf"
   return config

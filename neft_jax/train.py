@@ -54,7 +54,7 @@ def define_flags() -> None:
 DROPOUT_RATES_FILE = "dropout_rates.json"
 
 
-def dropout_site_rates(config, model_config: ModelConfig, workdir, mesh) -> dict[str, float]:
+def dropout_site_rates(config, model_config: ModelConfig, workdir, mesh, rules) -> dict[str, float]:
   """Every dropout site's rate for this run. Guided rates come from the Fisher
   scores in dropout.fisher (default {workdir}/fisher.json); without that file
   the Fisher pass runs first and writes it. With no workdir (the dry run) and
@@ -73,7 +73,7 @@ def dropout_site_rates(config, model_config: ModelConfig, workdir, mesh) -> dict
                         f"python -m neft_jax.fisher --out=... first, or leave dropout.fisher empty "
                         f"to run the Fisher pass into the workdir")
       log.info("dropout.mode=guided: no %s yet, running the Fisher pass on fisher.data_path", path)
-      information.fisher_pass(config, path, mesh=mesh)
+      information.fisher_pass(config, path, workdir=workdir, mesh=mesh, rules=rules)
     scores = information.read_scores(path, model_config.num_layers)
   return dropout.site_rates(config.dropout, model_config, scores)
 
@@ -185,7 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # ---------------------------------------------------------------- steps
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
   chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
-  site_rates = dropout_site_rates(config, model_config, workdir, mesh)
+  site_rates = dropout_site_rates(config, model_config, workdir, mesh, rules)
   if is_main:
     dropout.write_rates(workdir / DROPOUT_RATES_FILE, site_rates, config.dropout)
   log.info("dropout (%s, %s): rate of every site, layer by layer; all in %s\n%s",
@@ -312,7 +312,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
                                              config.dropout.distribution),
                        donate_argnums=0)
   dropout_rates = dropout.rates_by_type(
-      dropout_site_rates(config, model_config, None, mesh), model_config.num_layers)
+      dropout_site_rates(config, model_config, None, mesh, rules), model_config.num_layers)
   start = time.perf_counter()
   with sharding.activation_rules(mesh, rules):
     compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0),
