@@ -138,6 +138,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
   model_config = hf_io.model_config(model_path, config.model)  # its family decides BOS
   config_check.check_model(config, model_config)
+  # Before any checkpoint: a fisher.json that does not fit the model stops the run here.
+  site_rates = dropout_site_rates(config, model_config, workdir, mesh, rules)
   train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed,
                                                   bos=start_token(model_config, tokenizer))
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
@@ -185,7 +187,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # ---------------------------------------------------------------- steps
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
   chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
-  site_rates = dropout_site_rates(config, model_config, workdir, mesh, rules)
   if is_main:
     dropout.write_rates(workdir / DROPOUT_RATES_FILE, site_rates, config.dropout)
   log.info("dropout (%s, %s): rate of every site, layer by layer; all in %s\n%s",

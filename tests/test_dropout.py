@@ -6,6 +6,7 @@ runs all have dropout on.
 """
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -193,3 +194,18 @@ def test_bad_dropout_setting_is_one_line_before_anything_is_written(tmp_path, ke
     train.train(config, str(tmp_path / "run"))
   assert str(info.value) == f"{message} (set them in the config file or with --config.KEY=VALUE)"
   assert not (tmp_path / "run").exists()
+
+
+def test_fisher_json_of_another_model_stops_training_before_any_checkpoint(tmp_path):
+  """A fisher.json for 3 layers given to a 4-layer model (the demo's)."""
+  fisher = tmp_path / "fisher.json"
+  fisher.write_text(json.dumps({"sites": dict.fromkeys(dropout.site_names(3), 1.0)}))
+  config = with_value(shrunk_config(str(tmp_path / "assets")), "dropout.mode", "guided")
+  config = with_value(config, "dropout.fisher", str(fisher))
+  with pytest.raises(UserError) as info:
+    train.train(config, str(tmp_path / "run"))
+  assert str(info.value).startswith(
+      f"{fisher} scores the 10 dropout sites of a 3-layer model, but this model has 4 layers "
+      "(13 sites); run python -m neft_jax.fisher")
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "run" / "config.json").exists()
