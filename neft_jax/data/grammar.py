@@ -264,16 +264,17 @@ def edit_text(text: str, rate: float, ops: tuple[str, ...],
     changed += 1
   if not operations:
     return text, [], len(eligible), 0
-  return _join(separators, new_words), operations, len(eligible), changed
+  dropped = [o["word"] for o in operations if o["edit"] == "drop"]
+  return _join(parts, new_words, dropped), operations, len(eligible), changed
 
 
-def _join(separators: list[str], words: list[str]) -> str:
-  """Separators and words back into text; a dropped word takes one space with it."""
-  separators = list(separators)
-  for i, word in enumerate(words):
-    if word == "":
-      if separators[i + 1][:1].isspace():  # "saw the film" -> "saw film"
-        separators[i + 1] = separators[i + 1][1:]
-      elif separators[i][-1:].isspace():  # "saw the." -> "saw."
-        separators[i] = separators[i][:-1]
-  return "".join(s + w for s, w in zip(separators, words)) + separators[-1]
+def _join(parts: list[str], words: list[str], dropped: list[int]) -> str:
+  """The split text with its new words; a dropped word takes one space with it."""
+  parts = list(parts)
+  parts[1::2] = words
+  for i in dropped:  # the separators before and after word i are parts[2i] and parts[2i + 2]
+    if parts[2 * i + 2][:1].isspace():  # "saw the film" -> "saw film"
+      parts[2 * i + 2] = parts[2 * i + 2][1:]
+    elif parts[2 * i][-1:].isspace():  # "saw the." -> "saw."
+      parts[2 * i] = parts[2 * i][:-1]
+  return "".join(parts)

@@ -116,15 +116,16 @@ def _replaced(record, changes: dict[str, Any]):
 
 
 def _field_names(records: Sequence) -> set[str]:
+  """Every field of any record (the dataclass's fields for Records)."""
   names: set[str] = set()
-  for record in records:
+  for number, record in enumerate(records):
     if isinstance(record, collections.abc.Mapping):
       names.update(record)
-    elif dataclasses.is_dataclass(record):
-      return {f.name for f in dataclasses.fields(record)}
+    elif dataclasses.is_dataclass(record) and not isinstance(record, type):
+      names.update(f.name for f in dataclasses.fields(record))
     else:
-      raise UserError(f"record 0 (counting from 0) is a {type(record).__name__}; noise takes "
-                      "records as mappings (rows of a file) or neft_jax Records")
+      raise UserError(f"record {number} (counting from 0) is a {type(record).__name__}; noise "
+                      "takes records as mappings (rows of a file) or neft_jax Records")
   return names
 
 
@@ -175,7 +176,7 @@ def _check_arguments(kind, rate, seed, label_noise, typo_ops, grammar_ops):
 
 def _check_fields(records, kind, fields, labels) -> tuple[tuple[str, ...], tuple]:
   """The fields to corrupt (named, or the defaults) and the label set, checked."""
-  fields = (fields,) if isinstance(fields, str) else tuple(fields)
+  fields = (fields,) if isinstance(fields, str) else tuple(dict.fromkeys(fields))
   if not fields:
     fields = default_fields(kind, records)
   names = _field_names(records)
