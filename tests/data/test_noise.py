@@ -182,6 +182,17 @@ GRAMMAR_SENTENCES = {
 }
 
 
+# Every word of each sentence that its operation applies to, and no other.
+GRAMMAR_CANDIDATES = {
+    "article": {"a", "an", "the"},
+    "preposition": {"in", "on", "at", "with", "from"},
+    "agreement": {"likes", "like", "is", "are", "has", "have", "does", "do", "was", "were",
+                  "watches", "watch", "tries", "try"},
+    "verb_form": {"went", "had", "taken", "go", "see", "watching", "saw", "gone", "take"},
+    "confusion": {"its", "their", "then", "your", "there", "than", "you're", "it's", "they're"},
+}
+
+
 def _pair_in(before, after, pairs):
   return (before, after) in pairs or (after, before) in pairs
 
@@ -194,6 +205,8 @@ def test_every_grammar_operation_makes_a_change_of_its_kind(op):
                                             grammar_ops=(op,))
   assert realized.words_changed > 0 and len(manifest) > 0
   words = text.split()
+  if op in GRAMMAR_CANDIDATES:  # 30 copies at rate 0.5: every candidate is hit in some copy
+    assert {o["before"] for e in manifest for o in e["operations"]} == GRAMMAR_CANDIDATES[op]
   for entry in manifest:
     after_words = entry["after"].split()
     for operation in entry["operations"]:
