@@ -87,7 +87,8 @@ def _check_out(data: str, out: str) -> None:
     raise UserError(f"--out={out}: the folder {folder} does not exist; create it first")
 
 
-def corrupt_file(data: str, out: str, *, apply_manifest: str = "", **noise_args) -> noise.Realized | None:
+def corrupt_file(data: str, out: str, *, apply_manifest: str = "",
+                 **noise_args) -> noise.Realized | None:
   """Writes OUT (and its manifest, unless a manifest is applied); every check comes first."""
   _check_out(data, out)
   rows, file_format, features = read_rows(data)

@@ -189,8 +189,9 @@ def _check_fields(records, kind, fields, labels) -> tuple[tuple[str, ...], tuple
     if len(fields) != 1:
       raise UserError(f"fields={list(fields)}: label noise changes one label field; name one")
     if len(labels) < 2:
+      got = f"; got only {labels[0]!r}" if labels else ""
       raise UserError("label noise needs the label set: declare two or more labels (labels=, "
-                      "--labels=negative,positive)" + (f"; got only {labels[0]!r}" if labels else ""))
+                      f"--labels=negative,positive){got}")
     if len(set(labels)) != len(labels):
       raise UserError(f"labels={list(labels)} names a label twice; list each label once")
   return fields, labels
@@ -420,5 +421,6 @@ def read_manifest(path: str) -> list[dict]:
       try:
         entries.append(json.loads(line))
       except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON on line {number} column {e.colno}: {e.msg}") from None
+        raise UserError(f"{path}: invalid JSON on line {number} column {e.colno}: "
+                        f"{e.msg}") from None
   return entries

@@ -1,4 +1,4 @@
-"""Controlled data noise (neft_jax.data.noise, .grammar, .corrupt): counts, kinds, seeds, manifest."""
+"""Controlled data noise (neft_jax.data.noise, grammar, corrupt): counts, kinds, seeds, manifest."""
 
 import collections
 import json
@@ -324,14 +324,16 @@ BAD = [
 
 @pytest.mark.parametrize("args,message", BAD)
 def test_bad_input_is_one_user_error_naming_what_to_fix(args, message):
-  records = [{"text": "a bad film", "label": "negative"}, {"text": "a good one", "label": "positive"}]
+  records = [{"text": "a bad film", "label": "negative"},
+             {"text": "a good one", "label": "positive"}]
   with pytest.raises(UserError, match=message) as error:
     noise.corrupt(records, seed=0, **args)
   assert "\n" not in str(error.value)
 
 
 def test_integer_labels_out_of_range_and_non_text_fields_name_the_record():
-  with pytest.raises(UserError, match=r"record 2 \(counting from 0\): label 'label' = 2 is out of range"):
+  with pytest.raises(UserError,
+                     match=r"record 2 \(counting from 0\): label 'label' = 2 is out of range"):
     noise.corrupt([{"label": 0}, {"label": 1}, {"label": 2}], kind="label", rate=0.5,
                   labels=("no", "yes"))
   with pytest.raises(UserError, match=r"record 1 \(counting from 0\): field 'text' holds a int"):
