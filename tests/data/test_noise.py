@@ -22,6 +22,19 @@ def sentences():
   return rt_polarity.load_rt_polarity(shared_data("sentiment"))
 
 
+def test_the_rt_polarity_folder_reads_as_text_and_label_records(sentences, tmp_path):
+  assert len(sentences) == 10_662
+  assert collections.Counter(r["label"] for r in sentences) == {"negative": 5331, "positive": 5331}
+  assert sentences[0]["text"] == "simplistic , silly and tedious ."  # stripped, UTF-8
+  assert any("é" in r["text"] for r in sentences)
+  (tmp_path / "rt-polarity.pos").write_bytes("caf\xe9 society \n".encode("latin-1"))
+  (tmp_path / "rt-polarity.neg").write_bytes(b"dull\n\n")
+  assert rt_polarity.load_rt_polarity(str(tmp_path)) == [
+      {"text": "dull", "label": "negative"}, {"text": "caf\xe9 society", "label": "positive"}]
+  with pytest.raises(UserError, match="needs the files rt-polarity.neg and rt-polarity.pos"):
+    rt_polarity.load_rt_polarity(str(tmp_path / "nowhere"))
+
+
 def _labelled(count, labels):
   return [{"text": f"sentence {i}", "label": labels[i % len(labels)]} for i in range(count)]
 
@@ -89,6 +102,7 @@ def test_realized_word_rate_is_within_ten_percent_of_rate(sentences, kind, rate)
   noisy, manifest, realized = noise.corrupt(sentences, kind=kind, rate=rate, seed=0)
   assert realized.words_eligible > 150_000
   assert abs(realized.word_rate - rate) <= 0.1 * rate, realized
+  assert realized.as_dict()["word_rate"] == realized.words_changed / realized.words_eligible
   assert realized.records_changed == len(manifest) == sum(a != b for a, b in zip(sentences, noisy))
   assert all(a["label"] == b["label"] for a, b in zip(sentences, noisy))
 
