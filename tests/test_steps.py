@@ -1,5 +1,7 @@
 """The train step: noise only in training, accumulation, the loss it averages."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,10 +40,29 @@ def initial_state(optimizer):
   return graphdef, steps.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-def run_step(alpha, batch, key=0, optimizer=None):
-  optimizer, lr = optimizer or optim.optimizer(optim_config(), total_steps=10)
+OPTIMIZERS = {  # name -> (optimizer, learning-rate schedule)
+    "adam": lambda: optim.optimizer(optim_config(), total_steps=10),
+    # Plain SGD, so the updated parameters compare the gradients themselves (Adam's
+    # first step divides by |g| and would amplify rounding in near-zero entries).
+    "sgd": lambda: (optax.sgd(0.5), optax.constant_schedule(0.5)),
+    "cosine_warmup": lambda: optim.optimizer(optim_config(schedule="cosine", warmup_ratio=0.5),
+                                             total_steps=4),
+}
+
+
+@functools.cache
+def jitted_step(alpha, optimizer_name):
+  """(graphdef, initial state, schedule, jitted train step) for NEFTune's alpha and an
+  optimizer of OPTIMIZERS; one per pair, shared by the tests, as each compile takes seconds."""
+  optimizer, lr = OPTIMIZERS[optimizer_name]()
   graphdef, state = initial_state(optimizer)
   step = jax.jit(steps.make_train_step(graphdef, optimizer, lr, steps.Noise(alpha)))
+  return graphdef, state, lr, step
+
+
+def run_step(alpha, batch, key=0, optimizer="adam"):
+  """One step from the initial state (never donated, so it serves every call)."""
+  graphdef, state, _, step = jitted_step(alpha, optimizer)
   return graphdef, state, step(state, batch, jax.random.key(key))
 
 
@@ -88,11 +109,8 @@ def test_train_step_adds_noise_and_eval_step_does_not():
 def test_accumulation_equals_one_big_batch():
   batch = make_batch(accum=2, rows=2)
   whole = jax.tree.map(lambda x: x.reshape(1, 4, -1), batch)
-  # Plain SGD, so the updated parameters compare the gradients themselves (Adam's
-  # first step divides by |g| and would amplify rounding in near-zero entries).
-  sgd = (optax.sgd(0.5), optax.constant_schedule(0.5))
-  _, _, (state_accum, m_accum) = run_step(0.0, batch, optimizer=sgd)
-  _, _, (state_whole, m_whole) = run_step(0.0, whole, optimizer=sgd)
+  _, _, (state_accum, m_accum) = run_step(0.0, batch, optimizer="sgd")  # see OPTIMIZERS
+  _, _, (state_whole, m_whole) = run_step(0.0, whole, optimizer="sgd")
   assert float(m_accum["loss"]) == pytest.approx(float(m_whole["loss"]), rel=1e-6)
   assert float(m_accum["grad_norm"]) == pytest.approx(float(m_whole["grad_norm"]), rel=1e-5)
   for a, b in zip(jax.tree.leaves(state_accum.params), jax.tree.leaves(state_whole.params)):
@@ -100,11 +118,10 @@ def test_accumulation_equals_one_big_batch():
 
 
 def test_step_counter_and_learning_rate_schedule():
-  optimizer = optim.optimizer(optim_config(schedule="cosine", warmup_ratio=0.5), total_steps=4)
-  _, state, (state, metrics) = run_step(0.0, make_batch(), optimizer=optimizer)
+  _, state, (state, metrics) = run_step(0.0, make_batch(), optimizer="cosine_warmup")
   assert int(state.step) == 1
   assert float(metrics["learning_rate"]) == 0.0  # the first warmup step
-  lr = optimizer[1]
+  lr = jitted_step(0.0, "cosine_warmup")[2]
   assert float(lr(2)) == pytest.approx(1e-2) and float(lr(4)) == pytest.approx(0.0, abs=1e-9)
 
 
