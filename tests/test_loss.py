@@ -37,9 +37,12 @@ def greedy_targets(model, batch, positions=(3, 4, 5)):
   """The input ids with the model's own argmax as the next token after `positions` of
   the first row, so that some predictions are right."""
   ids = np.array(batch["input_ids"])
-  forward = jax.jit(lambda ids: model(ids, segment_ids=batch["segment_ids"][0]))
+  graphdef, state = nnx.split(model)
+  # The weights are an argument, not constants folded into the compiled program.
+  forward = jax.jit(lambda state, ids, segment_ids: nnx.merge(graphdef, state)(
+      ids, segment_ids=segment_ids))
   for t in positions:  # the prediction at t depends only on the tokens up to t
-    logits = forward(jnp.asarray(ids[0]))
+    logits = forward(state, jnp.asarray(ids[0]), batch["segment_ids"][0])
     ids[0, 0, t + 1] = int(jnp.argmax(logits[0, t]))
   return jnp.asarray(ids)
 
