@@ -115,6 +115,10 @@ def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
   mesh = sharding.make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
   model = hf_io.load_hf(str(tmp_path), mesh=mesh)
   graphdef, params = nnx.split(model, nnx.Param)
+  with pytest.raises(UserError, match="fisher.batch_size=3 does not divide over the 2 "
+                     "data-parallel devices of 1 process"):
+    information.fisher_diagonal(graphdef, params, examples, mesh=mesh,
+                                rules=sharding.DEFAULT_RULES, batch_size=3)
   diagonal, _ = information.fisher_diagonal(graphdef, params, examples, mesh=mesh,
                                             rules=sharding.DEFAULT_RULES, batch_size=2,
                                             compiler_options=FAST_COMPILE)
