@@ -90,6 +90,9 @@ def test_cached_decoding_logits_equal_the_full_forward(family, scan_layers):
   assert int(cache.index) == 8 and np.asarray(cache.valid)[:, :8].tolist() == real.tolist()
 
 
+# Sampling acts on the logits alone, the same code for every family; each setting compiles
+# its own program, so two families (learned and rotary positions) stand for the four.
+@pytest.mark.parametrize("family", ["gpt2", "llama"], indirect=True)
 def test_sampling_repeats_with_the_same_key(family):
   folder, _ = family
   model, prompts = load_hf(folder), prompts_of()
