@@ -185,10 +185,10 @@ def test_shipped_configs_validate_and_leave_room_to_generate(module):
 
 # No held-out split --------------------------------------------------------------
 
-def test_no_held_out_split_trains_saves_and_evaluates_prompts(tmp_path, caplog):
+def test_no_held_out_split_trains_saves_and_evaluates_prompts(demo_assets, tmp_path, caplog):
   """data.eval_size=0 without data.eval_path (the base default): no held-out evaluation.
   Then neft_jax.evaluate with the demo's own generation settings, as the README runs it."""
-  config = shrunk_config(str(tmp_path / "assets"))
+  config = shrunk_config(demo_assets)  # the session's demo files (made here if not yet)
   config.data.eval_path, config.data.eval_size = "", 0
   config.train.steps = 2
   workdir = tmp_path / "run"

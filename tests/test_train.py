@@ -145,12 +145,13 @@ def test_bad_input_fails_with_one_line_and_no_checkpoint(assets, straight_run, t
   assert not os.path.exists(workdir / "checkpoints")
 
 
-def test_command_line_error_is_one_line_with_nonzero_exit(tmp_path):
+def test_command_line_error_is_one_line_with_nonzero_exit(assets, straight_run, tmp_path):
   data = write_json(tmp_path / "bad.json", "[{oops")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
+  result = subprocess.run(  # the session's demo model, already made (straight_run)
       [sys.executable, "-m", "neft_jax.train", "--config=configs/demo.py",
        f"--workdir={tmp_path / 'run'}", f"--config.data.path={data}",
+       f"--config.model.path={os.path.join(assets, 'model')}",
        "--config.demo.train_examples=50", "--config.demo.eval_examples=5"],
       cwd=repo, capture_output=True, text=True, timeout=300,
       env=os.environ | {"JAX_PLATFORMS": "cpu"})
