@@ -325,17 +325,22 @@ def save_hf_diagonal(diagonal: nnx.State, model_config: ModelConfig, path: str) 
 
 # The whole pass from a config ---------------------------------------------------------
 
-def fisher_examples(config: ml_collections.ConfigDict, tokenizer, model_config: ModelConfig):
-  """The pass's token ids (`neft_jax.data.text`), from the config's fisher section."""
+def fisher_documents(config: ml_collections.ConfigDict, tokenizer) -> list[str]:
+  """The config's Fisher text (`neft_jax.data.text`), before the model is read."""
+  section = config.fisher
+  return text.load_documents(section.data_path, split=section.split, text_field=section.text_field,
+                             fields=sources.Fields(**config.data.fields),
+                             template=config.data.template, tokenizer=tokenizer)
+
+
+def fisher_examples(config: ml_collections.ConfigDict, documents: list[str], tokenizer,
+                    model_config: ModelConfig) -> text.TokenizedText:
+  """The pass's token ids, from the config's fisher section."""
   section = config.fisher
   if model_config.positions == "learned" and section.max_length > model_config.max_positions:
     raise UserError(f"fisher.max_length={section.max_length} is more than the model's "
                     f"{model_config.max_positions} positions, which are learned; set "
                     f"fisher.max_length to at most {model_config.max_positions}")
-  documents = text.load_documents(section.data_path, split=section.split,
-                                  text_field=section.text_field,
-                                  fields=sources.Fields(**config.data.fields),
-                                  template=config.data.template, tokenizer=tokenizer)
   tokenized = text.tokenize_documents(documents, tokenizer, max_length=section.max_length,
                                       num_examples=section.num_examples,
                                       bos=start_token(model_config, tokenizer), seed=config.seed)
@@ -371,8 +376,9 @@ def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal:
   tokenizer = pipeline.load_tokenizer(*(
       (config.model.tokenizer, "model.tokenizer") if config.model.tokenizer
       else (model_path, "model.path")))
+  documents = fisher_documents(config, tokenizer)
   model_config = hf_io.model_config(model_path, config.model)
-  tokenized = fisher_examples(config, tokenizer, model_config)
+  tokenized = fisher_examples(config, documents, tokenizer, model_config)
   log.info("fisher: %d of %d documents (%s, seed %d), %d tokens, %d cut at fisher.max_length=%d, "
            "%d too short", len(tokenized.input_ids), tokenized.num_documents, tokenized.selection,
            config.seed, tokenized.num_tokens, tokenized.num_truncated, config.fisher.max_length,

@@ -126,9 +126,11 @@ def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
       graphdef, p, ids, jnp.ones_like(ids))))
   flat = lambda state: {n: np.asarray(v, np.float64) for n, v in information._flat(state).items()}
   params = jax.device_put(params, jax.devices()[0])  # the loop on one device
-  loop = {}
+  loop, compiled = {}, {}
   for ids in examples:
-    grads = flat(grad.lower(params, ids).compile(FAST_COMPILE)(params, ids))
+    if len(ids) not in compiled:
+      compiled[len(ids)] = grad.lower(params, ids).compile(FAST_COMPILE)
+    grads = flat(compiled[len(ids)](params, ids))
     loop = {n: loop.get(n, 0.0) + g**2 / len(examples) for n, g in grads.items()}
   assert_close(flat(diagonal), loop)
 
@@ -238,13 +240,13 @@ def test_fisher_json_with_the_wrong_layer_count_is_one_error(tmp_path):
 
 
 def test_fisher_data_with_no_text_is_one_error_line(tmp_path):
-  tiny_checkpoint(tmp_path / "model", "gpt2")
+  train_tokenizer(DOCUMENTS, 300, 2).save_pretrained(str(tmp_path / "model"))  # read before the model
   (tmp_path / "blank.txt").write_text("\n  \n\n")
   out = tmp_path / "out" / "fisher.json"
   result = subprocess.run(
       [sys.executable, "-m", "neft_jax.fisher", "--config=configs/gpt2_alpaca.py", f"--out={out}",
        f"--config.model.path={tmp_path / 'model'}",
-       f"--config.fisher.data_path={tmp_path / 'blank.txt'}", "--config.fisher.max_length=16"],
+       f"--config.fisher.data_path={tmp_path / 'blank.txt'}"],
       cwd=REPO, capture_output=True, text=True, timeout=120,
       env=os.environ | {"JAX_PLATFORMS": "cpu"})
   assert result.returncode == 1, result.stderr[-2000:]
