@@ -34,15 +34,20 @@ class Fields:
   output: str = "output"
 
 
-def _local_files(path: str) -> list[str]:
+def local_files(path: str, formats=tuple(LOCAL_FORMATS), kind: str = "data",
+                how: str = "") -> list[str]:
+  """The file `path`, or the files of folder `path`, with a suffix in `formats`
+  (`how` describes the first format in the error, as "(one document a line)")."""
+  names = [f"{formats[0]} {how}".strip(), *formats[1:]]
+  listed = ", ".join(names[:-1]) + " or " + names[-1]
   if os.path.isfile(path):
-    if os.path.splitext(path)[1] not in LOCAL_FORMATS:
-      raise UserError(f"{path}: unknown data format; use .json, .jsonl or .parquet files")
+    if os.path.splitext(path)[1] not in formats:
+      raise UserError(f"{path}: unknown {kind} format; use {listed} files")
     return [path]
   files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                 if os.path.splitext(f)[1] in LOCAL_FORMATS)
+                 if os.path.splitext(f)[1] in formats)
   if not files:
-    raise UserError(f"{path} has no .json, .jsonl or .parquet files")
+    raise UserError(f"{path} has no {', '.join(formats[:-1])} or {formats[-1]} files")
   return files
 
 
@@ -88,16 +93,19 @@ def _load_file(file: str):
     raise UserError(f"{file}: could not be read as parquet ({type(e).__name__}: {e})") from None
 
 
-def _load_hub(dataset_id: str, split: str):
+def load_hub(dataset_id: str, split: str, config_key: str = "data.path",
+             local_formats: str = ".json, .jsonl or .parquet"):
+  """A hub dataset's split; failing (no hub, no such dataset) is a UserError that
+  names `config_key` and the local formats it could be instead."""
   import datasets
   datasets.disable_progress_bars()
   try:
     return datasets.load_dataset(dataset_id, split=split)
   except Exception as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise UserError(f"data.path={dataset_id!r} is not a local file or folder and could not be "
-                    f"loaded from the Hugging Face hub ({reason}); set data.path to a local "
-                    ".json, .jsonl or .parquet file or folder") from None
+    raise UserError(f"{config_key}={dataset_id!r} is not a local file or folder and could not be "
+                    f"loaded from the Hugging Face hub ({reason}); set {config_key} to a local "
+                    f"{local_formats} file or folder") from None
 
 
 def _records(rows, source: str, fields: Fields) -> list[Record]:
@@ -126,10 +134,10 @@ def load_records(path: str, *, split: str = "train", fields: Fields = Fields(),
                     "or folder, or a Hugging Face hub dataset id")
   if os.path.exists(path):
     records = []
-    for file in _local_files(path):
+    for file in local_files(path):
       records += _records(_load_file(file), file, fields)
   elif is_hub_id(path):
-    records = _records(_load_hub(path, split), f"{path} [{split}]", fields)
+    records = _records(load_hub(path, split), f"{path} [{split}]", fields)
   else:
     raise UserError(f"{config_key}={path!r} does not exist; give a local file or folder, "
                     "or a Hugging Face hub dataset id")

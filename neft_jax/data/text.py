@@ -33,19 +33,6 @@ from neft_jax.hub import is_hub_id
 TEXT_FORMATS = (".txt",) + tuple(sources.LOCAL_FORMATS)
 
 
-def _files(path: str) -> list[str]:
-  if os.path.isfile(path):
-    if os.path.splitext(path)[1] not in TEXT_FORMATS:
-      raise UserError(f"{path}: unknown text format; use .txt (one document a line), .json, "
-                      ".jsonl or .parquet files")
-    return [path]
-  files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                 if os.path.splitext(f)[1] in TEXT_FORMATS)
-  if not files:
-    raise UserError(f"{path} has no .txt, .json, .jsonl or .parquet files")
-  return files
-
-
 def _text_lines(file: str) -> list[str]:
   with open(file, encoding="utf-8") as f:
     return [line.rstrip("\r\n") for line in f if line.strip()]
@@ -74,18 +61,6 @@ def _documents_of_rows(rows, source: str, text_field: str, fields: sources.Field
   return documents
 
 
-def _load_hub(dataset_id: str, split: str, config_key: str):
-  import datasets
-  datasets.disable_progress_bars()
-  try:
-    return datasets.load_dataset(dataset_id, split=split)
-  except Exception as e:
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise UserError(f"{config_key}={dataset_id!r} is not a local file or folder and could not be "
-                    f"loaded from the Hugging Face hub ({reason}); set {config_key} to a local "
-                    ".txt, .json, .jsonl or .parquet file or folder") from None
-
-
 def load_documents(path: str, *, split: str = "train", text_field: str = "text",
                    fields: sources.Fields = sources.Fields(), template: str = "alpaca",
                    tokenizer=None, config_key: str = "fisher.data_path") -> list[str]:
@@ -95,7 +70,7 @@ def load_documents(path: str, *, split: str = "train", text_field: str = "text",
                     "jsonl or parquet file or folder with a text field, or a hub dataset id")
   documents = []
   if os.path.exists(path):
-    for file in _files(path):
+    for file in sources.local_files(path, TEXT_FORMATS, "text", "(one document a line)"):
       if file.endswith(".txt"):
         documents += _text_lines(file)
         continue
@@ -105,8 +80,9 @@ def load_documents(path: str, *, split: str = "train", text_field: str = "text",
         documents += _documents_of_rows(sources._load_file(file), file,  # noqa: SLF001
                                         text_field, fields, template, tokenizer)
   elif is_hub_id(path):
-    documents = _documents_of_rows(_load_hub(path, split, config_key), f"{path} [{split}]",
-                                   text_field, fields, template, tokenizer)
+    rows = sources.load_hub(path, split, config_key, ".txt, .json, .jsonl or .parquet")
+    documents = _documents_of_rows(rows, f"{path} [{split}]", text_field, fields, template,
+                                   tokenizer)
   else:
     raise UserError(f"{config_key}={path!r} does not exist; give a local file or folder, or a "
                     "Hugging Face hub dataset id")
