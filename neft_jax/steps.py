@@ -91,7 +91,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   """The train step for a model structure, an optimizer and NEFTune settings.
 
   `dropout_rates` of the step maps each dropout site type that is on to its
-  rates ("embed" a scalar, the layer types [layers]; `neft_jax.dropout.rates`);
+  rates ("embed" a scalar, the layer types [layers]; `neft_jax.dropout.rates_by_type`);
   None or {} is no dropout. The types present are static, the rates data.
 
   `loss_chunk_size` > 0 runs the output layer and its loss over that many

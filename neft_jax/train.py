@@ -73,8 +73,10 @@ def dropout_site_rates(config, model_config: ModelConfig, workdir, mesh, rules) 
                         f"python -m neft_jax.fisher --out=... first, or leave dropout.fisher empty "
                         f"to run the Fisher pass into the workdir")
       log.info("dropout.mode=guided: no %s yet, running the Fisher pass on fisher.data_path", path)
-      information.fisher_pass(config, path, workdir=workdir, mesh=mesh, rules=rules)
-    scores = information.read_scores(path, model_config.num_layers)
+      # Every process takes part in the pass and gets its scores (only one writes the file).
+      scores = information.fisher_pass(config, path, workdir=workdir, mesh=mesh, rules=rules)["sites"]
+    else:
+      scores = information.read_scores(path, model_config.num_layers)
   return dropout.site_rates(config.dropout, model_config, scores)
 
 
