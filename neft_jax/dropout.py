@@ -50,12 +50,14 @@ def site_type(site: str) -> str:
 
 def guided_rates(scores: Mapping[str, float], max_rate: float, min_rate: float) -> dict[str, float]:
   """Rates linear in the rank of ascending scores (ties keep the sites' order):
-  the lowest score gets max_rate, the highest min_rate; one site gets max_rate."""
+  the lowest score gets max_rate, the highest min_rate; one site gets max_rate.
+  The rates come in the scores' (site) order."""
   ranked = sorted(scores, key=scores.__getitem__)  # stable: ties stay in site order
+  rank = {site: r for r, site in enumerate(ranked)}
   last = max(len(ranked) - 1, 1)
   # (1 - f) * max + f * min: the formula above, exact at both ends.
-  return {site: (1 - rank / last) * max_rate + (rank / last) * min_rate
-          for rank, site in enumerate(ranked)}
+  return {site: (1 - rank[site] / last) * max_rate + (rank[site] / last) * min_rate
+          for site in scores}
 
 
 def types_on(sites: str) -> tuple[str, ...]:

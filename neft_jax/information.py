@@ -4,7 +4,7 @@
     fisher_diagonal(graphdef, params, examples, ...)   -> F per parameter (our tree)
     site_scores(diagonal, model_config)                -> site -> score
     save_hf_diagonal(diagonal, model_config, path)     F under the checkpoint's HF names
-    load_rates(path, num_layers, max_rate, min_rate)   a fisher.json's guided rates
+    read_scores(path, num_layers)                      a fisher.json's scores, checked
 
 Guided dropout (Sharma et al. 2024, arXiv 2406.14005) takes the empirical
 diagonal Fisher of the pretraining loss over general text,
@@ -248,15 +248,6 @@ def site_scores(diagonal: nnx.State, model_config: ModelConfig) -> dict[str, flo
                                 model_config.num_layers)
 
 
-def load_rates(path: str, num_layers: int, max_rate: float, min_rate: float) -> dict[str, float]:
-  """site -> guided rate, from a fisher.json's scores, for a model of `num_layers` layers.
-
-  The rates are recomputed from the scores, so `max_rate` and `min_rate` (the
-  config's dropout.max_rate, dropout.min_rate) apply, not the file's.
-  """
-  return site_rates(read_scores(path, num_layers), max_rate, min_rate)
-
-
 def read_scores(path: str, num_layers: int) -> dict[str, float]:
   """site -> score of a fisher.json, in site order, checked against a model of
   `num_layers` layers: a file made for another model is a UserError that says
@@ -283,12 +274,6 @@ def read_scores(path: str, num_layers: int) -> dict[str, float]:
     raise UserError(f"{path}: its sites do not match this {num_layers}-layer model's {len(needed)} "
                     f"(differing: {odd[:4]}{' ...' if len(odd) > 4 else ''}); {fix}")
   return {site: float(scores[site]) for site in needed}
-
-
-def site_rates(scores: dict[str, float], max_rate: float, min_rate: float) -> dict[str, float]:
-  """`dropout.guided_rates` of the scores, in the scores' (site) order."""
-  rates = dropout.guided_rates(scores, max_rate, min_rate)
-  return {site: rates[site] for site in scores}
 
 
 # The diagonal under Hugging Face names -----------------------------------------------
@@ -410,7 +395,7 @@ def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal:
       "seed": config.seed,
       "max_length": config.fisher.max_length,
       "sites": scores,
-      "rates": site_rates(scores, config.dropout.max_rate, config.dropout.min_rate),
+      "rates": dropout.guided_rates(scores, config.dropout.max_rate, config.dropout.min_rate),
       "max_rate": config.dropout.max_rate,
       "min_rate": config.dropout.min_rate,
       **timing,

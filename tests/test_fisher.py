@@ -217,12 +217,13 @@ def write_fisher_json(path, num_layers):
                               "rates": {s: 0.5 for s in sites}}))
 
 
-def test_load_rates_recomputes_from_the_scores(tmp_path):
+def test_guided_rates_are_recomputed_from_the_scores(tmp_path):
   write_fisher_json(tmp_path / "fisher.json", 1)  # scores 0, 1, 2, 0
   assert information.read_scores(str(tmp_path / "fisher.json"), 1) == {
       "embed": 0.0, "layers.0.attention_probs": 1.0, "layers.0.attention_output": 2.0,
       "layers.0.mlp_output": 0.0}
-  rates = information.load_rates(str(tmp_path / "fisher.json"), 1, max_rate=0.3, min_rate=0.0)
+  rates = dropout.guided_rates(information.read_scores(str(tmp_path / "fisher.json"), 1),
+                               max_rate=0.3, min_rate=0.0)
   assert list(rates) == dropout.site_names(1)
   assert rates == pytest.approx({"embed": 0.3, "layers.0.attention_probs": 0.1,
                                  "layers.0.attention_output": 0.0, "layers.0.mlp_output": 0.2})
@@ -232,7 +233,7 @@ def test_fisher_json_with_the_wrong_layer_count_is_one_error(tmp_path):
   path = tmp_path / "fisher.json"
   write_fisher_json(path, 2)
   with pytest.raises(UserError) as info:
-    information.load_rates(str(path), 3, 0.1, 0.0)
+    information.read_scores(str(path), 3)
   assert str(info.value) == (
       f"{path} scores the 7 dropout sites of a 2-layer model, but this model has 3 layers "
       "(10 sites); run python -m neft_jax.fisher for this model, or point dropout.fisher at its "
