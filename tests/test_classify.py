@@ -32,7 +32,8 @@ def records(labels):
 @pytest.fixture(scope="module", params=[("llama", "llama2", 0), ("gpt2", "gpt2", 32)],
                 ids=["llama", "gpt2"])
 def checkpoint(request, tmp_path_factory):
-  """(torch model, tokenizer, our jitted score step and params, BOS, the loss chunk size)."""
+  """(torch model, tokenizer, our jitted score step, params, BOS, to_global): rows split
+  over a 2-device mesh; GPT-2's output layer in chunks of 32 positions, Llama's whole."""
   family, tokenizer_name, chunk = request.param
   folder = tmp_path_factory.mktemp(family)
   torch_model = tiny_models.build(family, folder)
