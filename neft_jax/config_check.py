@@ -87,6 +87,31 @@ def held_out_size(value) -> str | None:
   return None
 
 
+def names(value) -> tuple[str, ...]:
+  """A tuple of names from a tuple or list of strings, each possibly comma-separated
+  (`--config.data.labels=negative,positive` arrives as one string)."""
+  if isinstance(value, str):
+    value = (value,)
+  return tuple(part.strip() for item in value for part in str(item).split(",") if part.strip())
+
+
+def name_list(choices=None, *, distinct: bool = True) -> Check:
+  """A tuple of names (see `names`), each one of `choices` if given."""
+  def check(value):
+    allowed = "must be a tuple of names" + (f" from {', '.join(choices)}" if choices else "")
+    if not isinstance(value, (str, list, tuple)) or not all(isinstance(v, str) for v in
+                                                            ((value,) if isinstance(value, str) else value)):
+      return allowed
+    found = names(value)
+    unknown = [n for n in found if choices and n not in choices]
+    if unknown:
+      return f"has unknown {unknown[0]!r}; {allowed}"
+    if distinct and len(set(found)) != len(found):
+      return f"names {next(n for n in found if found.count(n) > 1)!r} twice; list each once"
+    return None
+  return check
+
+
 def sharding_rules(mesh_axes) -> Check:
   """(logical name, None | mesh axis | mesh axes) pairs."""
   def check(value):
@@ -122,7 +147,7 @@ def site_types(choices) -> Check:
 def rules() -> dict[str, Check]:
   """The check of every config key (of defaults.base() and configs/demo.py's `demo`)."""
   from neft_jax import dropout, neftune, optim
-  from neft_jax.data import templates
+  from neft_jax.data import noise, pipeline, templates
   from neft_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
   from neft_jax.sharding import MESH_AXES
 
@@ -137,6 +162,7 @@ def rules() -> dict[str, Check]:
       "model.attention": one_of(ATTENTION_IMPLEMENTATIONS),
       "data.path": text,
       "data.split": name,
+      "data.format": one_of(pipeline.FORMATS),
       "data.eval_path": text,
       "data.eval_split": name,
       "data.eval_size": held_out_size,
@@ -146,6 +172,22 @@ def rules() -> dict[str, Check]:
       "data.fields.instruction": name,
       "data.fields.input": name,
       "data.fields.output": name,
+      "data.fields.text": name,
+      "data.fields.label": name,
+      "data.test_path": text,
+      "data.test_split": name,
+      "data.test_size": held_out_size,
+      "data.split_seed": integer(0),
+      "data.labels": name_list(),
+      "data.instruction": text,
+      "data.noise.kind": one_of(("none",) + noise.KINDS),
+      "data.noise.rate": number(0, 1),
+      "data.noise.seed": integer(0, or_value=-1),
+      "data.noise.fields": name_list(),
+      "data.noise.label_noise": one_of(noise.LABEL_NOISE),
+      "data.noise.typo_ops": name_list(noise.TYPO_OPS),
+      "data.noise.grammar_ops": name_list(noise.GRAMMAR_OPS),
+      "data.noise.eval": boolean,
       "neftune.alpha": number(0),
       "neftune.distribution": one_of(neftune.DISTRIBUTIONS),
       "dropout.mode": one_of(dropout.MODES),
@@ -236,6 +278,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   if "dropout" in config and not found and config.dropout.min_rate > config.dropout.max_rate:
     found.append(f"dropout.min_rate={config.dropout.min_rate!r} is more than "
                  f"dropout.max_rate={config.dropout.max_rate!r}")
+  if "data" in config and not found:
+    found += _data_problems(config.data)
   if "demo" in config and not found:  # the demo's model is made from these: they must agree
     model = config.demo.model
     if model.num_heads % model.num_kv_heads:
@@ -247,6 +291,26 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     if config.generate.max_new_tokens >= model.max_positions:
       found.append(f"generate.max_new_tokens={config.generate.max_new_tokens} leaves no room for "
                    f"a prompt in demo.model.max_positions={model.max_positions}")
+  return found
+
+
+def _data_problems(data) -> list[str]:
+  """Data keys that only make sense together."""
+  found = []
+  labels = names(data.get("labels", ()))
+  classification = data.get("format") == "classification"
+  if classification and len(labels) < 2:
+    found.append(f"data.format='classification' needs data.labels, the class names in order "
+                 f"(two or more; got {list(labels)})")
+  noise = data.get("noise")
+  if noise is not None and noise.kind == "label" and len(labels) < 2:
+    found.append("data.noise.kind='label' needs the label set: set data.labels to the class "
+                 "names (two or more) the label field holds")
+  if noise is not None and noise.kind != "none" and not noise.rate:
+    log.warning("data.noise.kind=%r with data.noise.rate=0 changes nothing", noise.kind)
+  if noise is not None and noise.kind in ("typo", "grammar") and not names(
+      noise.typo_ops if noise.kind == "typo" else noise.grammar_ops):
+    found.append(f"data.noise.{noise.kind}_ops is empty; choose one or more operations")
   return found
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from neft_jax.data.noise import GRAMMAR_OPS, TYPO_OPS
 from neft_jax.sharding import DEFAULT_RULES
 
 
@@ -25,15 +26,33 @@ def base() -> ml_collections.ConfigDict:
       attention="xla",  # xla | cudnn
   )
   config.data = dict(
-      path="",          # hub dataset id, or a local .json/.jsonl/.parquet file or folder
+      path="",          # hub dataset id, or a local .json/.jsonl/.csv/.parquet file or folder
       split="train",    # split of a hub dataset
+      format="instruction",  # instruction (records) | classification (text and label: data.labels)
       eval_path="",     # held-out data; if empty, data.eval_size records of data.path
       eval_split="train",
       eval_size=0.0,    # count (>= 1) or fraction (< 1) of data.path held out for eval
+      test_path="",     # a test split, scored at the end; if empty, data.test_size records of data.path
+      test_split="test",
+      test_size=0.0,    # count or fraction of data.path held out for test (stratified by label)
+      split_seed=0,     # the held-out splits' seed (not the run's seed: every run gets the same ones)
       template="alpaca",  # alpaca | chat (the tokenizer's chat template)
       max_length=512,
       packing=False,
-      fields=dict(instruction="instruction", input="input", output="output"),
+      fields=dict(instruction="instruction", input="input", output="output",
+                  text="text", label="label"),  # text and label: data.format=classification
+      labels=(),        # the class names in order (integer labels index them); label noise's set
+      instruction="",   # classification: the prompt's instruction ("" : "Classify the text as ...")
+      noise=dict(       # controlled noise in the training split: neft_jax/data/noise.py
+          kind="none",  # none | label | typo | grammar
+          rate=0.0,     # label: fraction of records; typo, grammar: of eligible words
+          seed=-1,      # -1: the run's seed
+          fields=(),    # (): the label (label noise), else the input text; or instruction, input, output
+          label_noise="symmetric",  # symmetric | pair (labels[k] -> labels[k + 1])
+          typo_ops=TYPO_OPS,
+          grammar_ops=GRAMMAR_OPS,
+          eval=False,   # corrupt the eval and test splits too (robustness tests)
+      ),
   )
   config.neftune = dict(
       alpha=5.0,        # 0 turns the noise off

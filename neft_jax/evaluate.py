@@ -8,7 +8,8 @@ With --workdir, the parameters come from the run's checkpoint (the latest, or
 --step) and the config from --config or the run's config.json; with --model,
 from a Hugging Face folder. It reports:
 
-  * eval loss and perplexity on the config's held-out split, if it has one;
+  * eval (and test) loss and perplexity on the config's held-out splits, if it has
+    them, and for classification data label accuracy and macro F1 (`neft_jax.classify`);
   * greedy (or configured) generations for every prompt of --prompts, a JSON
     list of objects with `instruction` (and optionally `input`, a reference
     `output`, `dataset`), as AlpacaEval's 805 instructions are; without
@@ -33,7 +34,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from neft_jax import cli, config_check, defaults, loss, response_metrics, run, sharding, steps
+from neft_jax import cli, config_check, defaults, held_out, response_metrics, run, sharding
 from neft_jax.answers import generate_answers, prompt_tokens
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -97,22 +98,24 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
   if step is not None:
     summary["step"] = step
 
-  # Held-out loss and perplexity, if the config has a held-out split.
+  # Held-out loss and perplexity (and label accuracy for classification data), if the
+  # config has held-out splits: the run's own, with its noise if data.noise.eval.
   data_config = run.data_config(config, workdir or "")
   eval_set = None
-  if data_config.eval_path or (data_config.path and data_config.eval_size):
-    _, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
+  held_out_data = any((data_config.eval_path, data_config.test_path)) or (
+      data_config.path and (data_config.eval_size or data_config.test_size))
+  if held_out_data:
+    data = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
+    eval_set = data.eval
     layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
                                   jax.process_index(), jax.process_count())
-    batches = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
-    eval_sharding = sharding.batch_sharding(mesh, rules, 0)
     graphdef, params = nnx.split(model)
-    chunk = loss.chunk_size_for(config.train.get("loss_chunk_size", -1), model.config.vocab_size)
-    eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
-    with sharding.activation_rules(mesh, rules):
-      losses = steps.eval_loss(eval_step, params, batches,
-                               lambda b: sharding.global_batch(b, eval_sharding))
-    summary |= losses | {"eval_perplexity": float(np.exp(losses["eval_loss"]))}
+    evaluator = held_out.HeldOut(graphdef, config, model.config.vocab_size, tokenizer, bos, mesh,
+                                 rules, layout, {"eval": data.eval, "test": data.test})
+    for split in ("eval", "test"):
+      results = evaluator.metrics(params, split)
+      if results:
+        summary |= results | {f"{split}_perplexity": float(np.exp(results[f"{split}_loss"]))}
 
   # Generations and their metrics.
   if prompts_path:

@@ -157,8 +157,9 @@ def make_eval_step(graphdef: nnx.GraphDef, loss_chunk_size: int = 0):
   return eval_step
 
 
-def eval_loss(eval_step, params, batches, to_global) -> dict:
-  """Mean response-token loss and token accuracy over every batch of `batches`.
+def eval_loss(eval_step, params, batches, to_global, prefix: str = "eval") -> dict:
+  """Mean response-token loss and token accuracy over every batch of `batches`
+  ({prefix}_loss, {prefix}_token_accuracy).
 
   `eval_step` is the jitted `make_eval_step`; `batches` yields this process's
   rows, which `to_global` makes global arrays (`sharding.global_batch`).
@@ -169,5 +170,5 @@ def eval_loss(eval_step, params, batches, to_global) -> dict:
     for name in totals:
       totals[name] += sums[name]
   tokens = max(int(totals["tokens"]), 1)
-  return {"eval_loss": float(totals["loss_sum"]) / tokens,
-          "eval_token_accuracy": float(totals["correct"]) / tokens}
+  return {f"{prefix}_loss": float(totals["loss_sum"]) / tokens,
+          f"{prefix}_token_accuracy": float(totals["correct"]) / tokens}

@@ -29,8 +29,8 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import (checkpoint, cli, config_check, demo, dropout, loss, metrics, multihost, optim,
-                      run, sharding, steps)
+from neft_jax import (checkpoint, cli, config_check, demo, dropout, held_out, loss, metrics,
+                      multihost, optim, run, sharding, steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -52,6 +52,7 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 DROPOUT_RATES_FILE = "dropout_rates.json"
+NOISE_MANIFEST_FILE = "noise_manifest.jsonl"
 
 
 def dropout_site_rates(config, model_config: ModelConfig, workdir, mesh, rules) -> dict[str, float]:
@@ -142,20 +143,25 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   config_check.check_model(config, model_config)
   # Before any checkpoint: a fisher.json that does not fit the model stops the run here.
   site_rates = dropout_site_rates(config, model_config, workdir, mesh, rules)
-  train_set, eval_set = pipeline.tokenized_splits(data_config, tokenizer, config.seed,
-                                                  bos=start_token(model_config, tokenizer))
+  bos = start_token(model_config, tokenizer)
+  data = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
+  train_set, eval_set, test_set = data.train, data.eval, data.test
+  if data.noise is not None:
+    for split, realized in data.noise.realized.items():
+      log.info("data.noise: %s noise at rate %g in the %s split: %s", config.data.noise.kind,
+               config.data.noise.rate, split, realized.summary())
   layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,
                                 jax.process_index(), jax.process_count())
   _check_layout(layout, mesh, rules)
   train_data = batching.train_data(train_set, max_length=config.data.max_length,
                                    packing=config.data.packing, seed=config.seed, layout=layout,
                                    epochs=config.train.epochs, steps=config.train.steps)
-  eval_data = batching.eval_batches(eval_set, max_length=config.data.max_length, layout=layout)
   total_steps = len(train_data)
   log.info("train: %d examples (%d cut at max_length, %d dropped) in %d rows, %.0f%% real "
-           "tokens; %d steps (%d per epoch); eval: %d examples", len(train_set),
+           "tokens; %d steps (%d per epoch); eval: %d examples; test: %d", len(train_set),
            train_set.num_truncated, train_set.num_dropped, train_data.num_rows,
-           100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set))
+           100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set),
+           len(test_set))
   if not len(eval_set):
     log.info("no held-out evaluation: set data.eval_path, or data.eval_size to hold records of "
              "data.path out")
@@ -168,10 +174,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                                        max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
   root_key = jax.random.key(config.seed)
+  # For classification this tokenizes every label's completion: one that does not fit stops here.
+  evaluator = held_out.HeldOut(graphdef, config, model_config.vocab_size, tokenizer, bos, mesh,
+                               rules, layout, {"eval": eval_set, "test": test_set})
   # A checkpoint that does not fit this config stops the run here, before it writes anything.
   restored = checkpoints.restore_latest(abstract_state, root_key)
   if is_main:
     run.write_config(workdir, config)
+    if data.noise is not None:  # one line per changed field, indices into the split's source
+      (workdir / NOISE_MANIFEST_FILE).write_text("".join(
+          json.dumps(entry, ensure_ascii=False) + "\n" for entry in data.noise.manifest))
   data_iter = train_data.iterator()
   if restored is not None:
     state, root_key, data_state = restored
@@ -199,18 +211,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk,
                                              config.dropout.distribution),
                        donate_argnums=0, out_shardings=(state_shardings, None))
-  eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
   train_sharding = sharding.batch_sharding(mesh, rules, 1)
-  eval_sharding = sharding.batch_sharding(mesh, rules, 0)
   flops_per_token = metrics.train_flops_per_token(model_config, config.data.max_length)
   peak_flops = metrics.peak_flops_per_device(jax.devices()[0].device_kind, config.train.peak_tflops)
 
   def run_evals(params, step: int) -> dict:
-    results = {}
-    if len(eval_set):
-      with sharding.activation_rules(mesh, rules):
-        results = steps.eval_loss(eval_step, params, eval_data,
-                                  lambda b: sharding.global_batch(b, eval_sharding))
+    results = evaluator.metrics(params, "eval")
     if config.eval.exact_match and len(eval_set):
       model = nnx.merge(graphdef, params)
       score, answers = exact_match(
@@ -228,8 +234,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   preemption = multihost.Preemption()
   first_step = int(state.step)
   before = run_evals(state.params, first_step) if first_step == 0 else {}
-  if before:
-    writer.write(0, {k: v for k, v in before.items() if k != "answers"})
+  if first_step == 0 and (before or data.noise is not None):
+    writer.write(0, {k: v for k, v in before.items() if k != "answers"}
+                 | (data.noise.metrics() if data.noise is not None else {}))
   progress = tqdm(total=total_steps, initial=first_step, disable=not is_main, unit="step",
                   dynamic_ncols=True)
   pending, interval_start = [], time.perf_counter()
@@ -276,6 +283,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     writer.close()
     return {"before": before, "after": {}, "steps": last_step, "state": state, "preempted": True}
   after = run_evals(state.params, last_step)
+  test = evaluator.metrics(state.params, "test")
+  if is_main and test:
+    tqdm.write(f"test at step {last_step}: { {k: round(v, 4) for k, v in test.items()} }")
+  after |= test
   if after:
     writer.write(last_step, {k: v for k, v in after.items() if k != "answers"})
   writer.close()

@@ -13,7 +13,7 @@ import ml_collections
 import pytest
 
 from configs import demo as demo_config
-from configs import gpt2_alpaca, llama2_alpaca, qwen2_alpaca
+from configs import gpt2_alpaca, llama2_alpaca, qwen2_alpaca, sentiment
 from neft_jax import cli, config_check, defaults, evaluate, export, train
 from neft_jax.errors import UserError
 from tests.test_train import shrunk_config
@@ -76,6 +76,14 @@ BAD_VALUES = {
     "data.template": ("vicuna", "is not one of 'alpaca', 'chat'"),
     "data.eval_size": (2.5, "must be a fraction below 1 or a whole count of records"),
     "data.max_length": (1, "must be an integer >= 2"),
+    "data.format": ("table", "is not one of 'instruction', 'classification'"),
+    "data.noise.kind": ("jitter", "is not one of 'none', 'label', 'typo', 'grammar'"),
+    "data.noise.rate": (1.5, "must be in [0, 1]"),
+    "data.noise.typo_ops": (("swap", "flip"), "has unknown 'flip'; must be a tuple of names "
+                            "from insert, delete, substitute, swap"),
+    "data.noise.grammar_ops": ("article,tense", "has unknown 'tense'; must be a tuple of names "
+                               "from article, preposition, agreement, verb_form, word_swap, "
+                               "confusion"),
     "neftune.distribution": ("laplace", "is not one of 'uniform', 'gaussian'"),
     "neftune.alpha": (-1.0, "must be >= 0"),
     "optim.schedule": ("step", "is not one of 'cosine', 'linear', 'constant'"),
@@ -167,14 +175,18 @@ MODEL_POSITIONS = {
     gpt2_alpaca: 1024,     # gpt2: n_positions
     llama2_alpaca: 4096,   # Llama-2-7b-hf: max_position_embeddings
     qwen2_alpaca: 32768,   # Qwen2-1.5B: at least this many
+    sentiment: 1024,       # openai-community/gpt2
 }
 
 
-@pytest.mark.parametrize("module", [demo_config, gpt2_alpaca, llama2_alpaca, qwen2_alpaca],
-                         ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("module", [demo_config, gpt2_alpaca, llama2_alpaca, qwen2_alpaca,
+                                    sentiment], ids=lambda m: m.__name__.split(".")[-1])
 def test_shipped_configs_validate_and_leave_room_to_generate(module):
   config = module.get_config()
   config_check.validate(config)
+  if module is sentiment:
+    for condition in sentiment.CONDITIONS:
+      config_check.validate(sentiment.get_config(f"{condition},data=local/sentiment"))
   positions = (config.demo.model.max_positions if module is demo_config
                else MODEL_POSITIONS[module])
   if module is demo_config:

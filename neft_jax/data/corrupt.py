@@ -5,7 +5,7 @@
         [--typo_ops=swap,delete] [--grammar_ops=article,confusion]
     python -m neft_jax.data.corrupt --data=IN --out=OUT --apply_manifest=OUT.manifest.jsonl
 
-IN is a record file the project reads (a .json list, .jsonl, .parquet). OUT
+IN is a record file the project reads (a .json list, .jsonl, .csv, .parquet). OUT
 gets every record, with all its columns, in IN's format, and
 `OUT.manifest.jsonl` one line per changed field (`neft_jax.data.noise`).
 `--apply_manifest` writes OUT again from the clean IN and a manifest, exactly.
@@ -25,7 +25,7 @@ from neft_jax.errors import UserError
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("data", "", "the clean record file: .json (a list), .jsonl or .parquet")
+  flags.DEFINE_string("data", "", "the clean record file: .json (a list), .jsonl, .csv or .parquet")
   flags.DEFINE_string("out", "", "the noisy copy, in the input's format; the manifest goes to "
                       "OUT.manifest.jsonl")
   flags.DEFINE_string("kind", "", "label, typo or grammar")
@@ -49,15 +49,18 @@ def manifest_path(out: str) -> str:
 def read_rows(path: str) -> tuple[list[dict], str, object]:
   """The file's records as dicts with all their columns, its format, and parquet's features."""
   if not path:
-    raise UserError("--data is not set; give a .json, .jsonl or .parquet record file")
+    raise UserError("--data is not set; give a .json, .jsonl, .csv or .parquet record file")
   if not os.path.isfile(path):
     what = "is a folder" if os.path.isdir(path) else "does not exist"
-    raise UserError(f"--data={path} {what}; give one .json, .jsonl or .parquet record file")
+    raise UserError(f"--data={path} {what}; give one .json, .jsonl, .csv or .parquet record file")
   if os.path.splitext(path)[1] not in sources.LOCAL_FORMATS:
-    raise UserError(f"--data={path}: unknown data format; use a .json, .jsonl or .parquet file")
-  rows = sources._load_file(path)  # the project's reader of one file, columns all kept
-  if sources.LOCAL_FORMATS[os.path.splitext(path)[1]] == "parquet":
+    raise UserError(f"--data={path}: unknown data format; use a .json, .jsonl, .csv or .parquet file")
+  rows = sources.load_file(path)  # the project's reader of one file, columns all kept
+  file_format = sources.LOCAL_FORMATS[os.path.splitext(path)[1]]
+  if file_format == "parquet":
     return rows.to_list(), "parquet", rows.features
+  if file_format == "csv":
+    return rows, "csv", list(rows[0]) if rows else []
   with open(path, encoding="utf-8") as f:
     head = f.read(4096).lstrip()
   return list(rows), "json" if head.startswith("[") else "jsonl", None
@@ -67,6 +70,12 @@ def _write_rows(path: str, rows: list[dict], file_format: str, features) -> None
   if file_format == "parquet":
     import datasets
     datasets.Dataset.from_list(rows, features=features).to_parquet(path)
+  elif file_format == "csv":  # features: the header's columns, in order
+    import csv
+    with open(path, "w", encoding="utf-8", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=features)
+      writer.writeheader()
+      writer.writerows(rows)
   elif file_format == "json":
     with open(path, "w", encoding="utf-8") as f:
       json.dump(rows, f, ensure_ascii=False, indent=2)

@@ -1,10 +1,18 @@
-"""Instruction records from a hub dataset or local json / jsonl / parquet files.
+"""Records from a hub dataset or local json / jsonl / csv / parquet files.
+
+    load_records(path, split, fields)         instruction records (Record)
+    load_classification(path, split, fields, labels, instruction)
+                                               text-and-label rows as Records: the input is
+                                               the text, the output the label's name
+    load_file(file)                           one local file's rows, every column kept
 
 Hub datasets and parquet files are loaded with Hugging Face `datasets`; local
 JSON and JSON lines with the standard json module (exact values, exact error
-positions). Every record is checked at this edge: it needs a string
-`instruction` and `output` (an `input` is optional), and a problem is reported
-with the file, the record number (from 0) and the field.
+positions), CSV with the csv module (a header row, every value a string).
+The original rt-polarity release, a folder with rt-polarity.pos and
+rt-polarity.neg, is read as classification data. Every record is checked at
+this edge, and a problem is reported with the file, the record number (from
+0) and the field.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import os
 from neft_jax.errors import UserError
 from neft_jax.hub import is_hub_id
 
-LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +90,30 @@ def _read_json(file: str) -> list:
   return rows
 
 
-def _load_file(file: str):
-  if LOCAL_FORMATS[os.path.splitext(file)[1]] == "json":
+def _read_csv(file: str) -> list[dict]:
+  """Rows of a CSV file with a header row; every value a string, as written."""
+  import csv
+  with open(file, encoding="utf-8", newline="") as f:
+    reader = csv.DictReader(f)
+    rows = list(reader)
+  if reader.fieldnames is None:
+    raise UserError(f"{file} holds no records; the dataset is empty")
+  for number, row in enumerate(rows):
+    if None in row or None in row.values():
+      raise UserError(f"{file}: record {number} (counting from 0, line {number + 2}) has "
+                      f"{'more' if None in row else 'fewer'} values than the header's "
+                      f"{len(reader.fieldnames)} columns")
+  return rows
+
+
+def load_file(file: str):
+  """The rows of one local .json, .jsonl, .csv or .parquet file, with all their columns
+  (a list of dicts, or a `datasets.Dataset` for parquet)."""
+  kind = LOCAL_FORMATS[os.path.splitext(file)[1]]
+  if kind == "json":
     return _read_json(file)
+  if kind == "csv":
+    return _read_csv(file)
   import datasets
   datasets.disable_progress_bars()
   try:
@@ -94,7 +123,7 @@ def _load_file(file: str):
 
 
 def load_hub(dataset_id: str, split: str, config_key: str = "data.path",
-             local_formats: str = ".json, .jsonl or .parquet"):
+             local_formats: str = ".json, .jsonl, .csv or .parquet"):
   """A hub dataset's split; failing (no hub, no such dataset) is a UserError that
   names `config_key` and the local formats it could be instead."""
   import datasets
@@ -126,21 +155,87 @@ def _records(rows, source: str, fields: Fields) -> list[Record]:
   return records
 
 
-def load_records(path: str, *, split: str = "train", fields: Fields = Fields(),
-                 config_key: str = "data.path") -> list[Record]:
-  """All records of a local file or folder, or of a hub dataset's split."""
+def _sources(path: str, split: str, config_key: str):
+  """(rows, where) of every file of a local path, or of a hub dataset's split."""
   if not path:
-    raise UserError(f"{config_key} is not set; give a local .json, .jsonl or .parquet file "
-                    "or folder, or a Hugging Face hub dataset id")
+    raise UserError(f"{config_key} is not set; give a local .json, .jsonl, .csv or .parquet "
+                    "file or folder, or a Hugging Face hub dataset id")
   if os.path.exists(path):
-    records = []
-    for file in local_files(path):
-      records += _records(_load_file(file), file, fields)
-  elif is_hub_id(path):
-    records = _records(load_hub(path, split), f"{path} [{split}]", fields)
-  else:
-    raise UserError(f"{config_key}={path!r} does not exist; give a local file or folder, "
-                    "or a Hugging Face hub dataset id")
+    return [(load_file(file), file) for file in local_files(path)]
+  if is_hub_id(path):
+    return [(load_hub(path, split, config_key), f"{path} [{split}]")]
+  raise UserError(f"{config_key}={path!r} does not exist; give a local file or folder, "
+                  "or a Hugging Face hub dataset id")
+
+
+def _not_empty(records: list, path: str, config_key: str) -> list:
   if not records:
     raise UserError(f"{config_key}={path!r} holds no records; the dataset is empty")
   return records
+
+
+def load_records(path: str, *, split: str = "train", fields: Fields = Fields(),
+                 config_key: str = "data.path") -> list[Record]:
+  """All records of a local file or folder, or of a hub dataset's split."""
+  records = []
+  for rows, where in _sources(path, split, config_key):
+    records += _records(rows, where, fields)
+  return _not_empty(records, path, config_key)
+
+
+def default_instruction(labels) -> str:
+  return f"Classify the text as one of: {', '.join(labels)}."
+
+
+def _label_name(value, labels: tuple[str, ...], where: str, number: int, field: str) -> str:
+  """A label's name: a name of `labels`, or an integer index into them (a CSV's "1" too,
+  unless "1" is itself a label)."""
+  if isinstance(value, str) and value not in labels and value.strip().lstrip("-").isdigit():
+    value = int(value)
+  if isinstance(value, bool) or not isinstance(value, (str, int)):
+    what = "has no" if value is None else f"has a {type(value).__name__} in its"
+    raise UserError(f"{where}: record {number} (counting from 0) {what} {field!r} field; a label "
+                    "is a name of data.labels or an integer index into them")
+  if isinstance(value, int):
+    if not 0 <= value < len(labels):
+      raise UserError(f"{where}: record {number} (counting from 0) has label {value}, out of "
+                      f"range for the {len(labels)} names of data.labels={list(labels)}; "
+                      f"integer labels index data.labels from 0")
+    return labels[value]
+  if value not in labels:
+    raise UserError(f"{where}: record {number} (counting from 0) has label {value!r}, which is "
+                    f"not in data.labels={list(labels)}; add it there, or fix the record")
+  return value
+
+
+def _classification_records(rows, where: str, text_field: str, label_field: str,
+                            labels: tuple[str, ...], instruction: str) -> list[Record]:
+  records = []
+  for number, row in enumerate(rows):
+    text = row.get(text_field)
+    if not isinstance(text, str) or not text.strip():
+      what = ("an empty" if isinstance(text, str) else "no" if text is None
+              else f"a non-string ({type(text).__name__})")
+      raise UserError(f"{where}: record {number} (counting from 0) has {what} {text_field!r} "
+                      "field (data.fields.text), the text to classify")
+    label = _label_name(row.get(label_field), labels, where, number, label_field)
+    records.append(Record(instruction=instruction, input=text, output=label))
+  return records
+
+
+def load_classification(path: str, *, split: str = "train", fields: Fields = Fields(),
+                        labels=(), instruction: str = "", config_key: str = "data.path",
+                        text_field: str = "text", label_field: str = "label") -> list[Record]:
+  """Text-and-label rows as Records: instruction, input = the text, output = the label's
+  name (of `labels`). The rt-polarity release's folder gives its sentences, labelled
+  negative and positive."""
+  from neft_jax.data import rt_polarity
+  labels = tuple(labels)
+  instruction = instruction or default_instruction(labels)
+  if os.path.isdir(path) and rt_polarity.is_rt_polarity(path):
+    return _not_empty(_classification_records(rt_polarity.load_rt_polarity(path), path, "text",
+                                              "label", labels, instruction), path, config_key)
+  records = []
+  for rows, where in _sources(path, split, config_key):
+    records += _classification_records(rows, where, text_field, label_field, labels, instruction)
+  return _not_empty(records, path, config_key)

@@ -1,12 +1,12 @@
 """Plain text: documents as strings, and their token ids, for losses over every token.
 
-    load_documents(path, ...)         documents from a .txt file, json / jsonl / parquet
+    load_documents(path, ...)         documents from a .txt file, json / jsonl / csv / parquet
                                       files with a text field, instruction records, or a hub dataset
     tokenize_documents(docs, ...)     token ids, cut at max_length, of up to N documents
 
 The sources:
   * `.txt`: one document per line; blank lines are skipped.
-  * `.json` (a list of objects), `.jsonl`, `.parquet` or a hub dataset's split,
+  * `.json` (a list of objects), `.jsonl`, `.csv`, `.parquet` or a hub dataset's split,
     whose records hold the text in `text_field`.
   * instruction records (`instruction` and `output`, optional `input`, under
     the names of `data.fields`) without a text field: each becomes the text of
@@ -67,7 +67,7 @@ def load_documents(path: str, *, split: str = "train", text_field: str = "text",
   """Every non-blank document of `path`, in order (see the module's doc)."""
   if not path:
     raise UserError(f"{config_key} is not set; give a .txt file (one document a line), a json, "
-                    "jsonl or parquet file or folder with a text field, or a hub dataset id")
+                    "jsonl, csv or parquet file or folder with a text field, or a hub dataset id")
   documents = []
   if os.path.exists(path):
     for file in sources.local_files(path, TEXT_FORMATS, "text", "(one document a line)"):
@@ -77,10 +77,10 @@ def load_documents(path: str, *, split: str = "train", text_field: str = "text",
       with open(file, encoding="utf-8") as f:
         blank = file.endswith((".json", ".jsonl")) and not f.read().strip()
       if not blank:
-        documents += _documents_of_rows(sources._load_file(file), file,  # noqa: SLF001
+        documents += _documents_of_rows(sources.load_file(file), file,
                                         text_field, fields, template, tokenizer)
   elif is_hub_id(path):
-    rows = sources.load_hub(path, split, config_key, ".txt, .json, .jsonl or .parquet")
+    rows = sources.load_hub(path, split, config_key, ".txt, .json, .jsonl, .csv or .parquet")
     documents = _documents_of_rows(rows, f"{path} [{split}]", text_field, fields, template,
                                    tokenizer)
   else:

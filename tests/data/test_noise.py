@@ -356,7 +356,7 @@ def test_integer_labels_out_of_range_and_non_text_fields_name_the_record():
 
 # The command -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet"])
 def test_the_command_writes_the_input_format_and_its_manifest_reproduces_it(tmp_path, suffix):
   rows = [{"instruction": "Classify.", "input": f"the film was good and it is long {i}",
            "output": ("negative", "positive")[i % 2], "id": i} for i in range(12)]
@@ -367,6 +367,12 @@ def test_the_command_writes_the_input_format_and_its_manifest_reproduces_it(tmp_
   elif suffix == ".jsonl":
     with open(clean, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
+  elif suffix == ".csv":
+    import csv
+    with open(clean, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(rows)
   else:
     import datasets
     datasets.Dataset.from_list(rows).to_parquet(clean)
@@ -375,8 +381,8 @@ def test_the_command_writes_the_input_format_and_its_manifest_reproduces_it(tmp_
                                   labels=("negative", "positive"))
   assert realized.records_changed == 6
   noisy_rows, file_format, _ = corrupt.read_rows(out)
-  assert file_format == {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}[suffix]
-  assert [r["id"] for r in noisy_rows] == list(range(12))  # every column kept
+  assert file_format == suffix[1:]
+  assert [int(r["id"]) for r in noisy_rows] == list(range(12))  # every column kept (CSV: text)
   assert sum(a["output"] != b["output"] for a, b in zip(rows, noisy_rows)) == 6
   again = str(tmp_path / f"again{suffix}")
   corrupt.corrupt_file(clean, again, apply_manifest=corrupt.manifest_path(out))

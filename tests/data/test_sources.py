@@ -50,6 +50,15 @@ def test_hub_dataset_without_hub_access_says_what_to_set():
 
 
 def test_unknown_format(tmp_path):
-  (tmp_path / "data.csv").write_text("instruction,output\na,b\n")
-  with pytest.raises(UserError, match="unknown data format"):
+  (tmp_path / "data.tsv").write_text("instruction\toutput\na\tb\n")
+  with pytest.raises(UserError, match="unknown data format; use .json, .jsonl, .csv or .parquet"):
+    load_records(str(tmp_path / "data.tsv"))
+
+
+def test_csv_records_keep_their_text_and_a_short_row_is_named(tmp_path):
+  (tmp_path / "data.csv").write_text('instruction,output\n"Say ""hi"", twice",hi hi\n')
+  assert load_records(str(tmp_path / "data.csv")) == [Record('Say "hi", twice', "", "hi hi")]
+  (tmp_path / "data.csv").write_text("instruction,output\na,b\nc\n")
+  with pytest.raises(UserError, match=r"data.csv: record 1 \(counting from 0, line 3\) has fewer "
+                                      r"values than the header's 2 columns$"):
     load_records(str(tmp_path / "data.csv"))

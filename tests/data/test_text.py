@@ -54,7 +54,7 @@ def test_instruction_records_become_prompt_and_output(tmp_path):
      "(fisher.text_field), or give instruction records ('instruction' and 'output')"),
     ("number.json", json.dumps([{"text": 7}]),
      "record 0 (counting from 0) has a non-string (int) 'text' field"),
-    ("docs.csv", "a,b\n", "unknown text format"),
+    ("docs.tsv", "a\tb\n", "unknown text format"),
 ])
 def test_bad_text_is_one_error_naming_file_record_and_field(tmp_path, name, content, message):
   path = tmp_path / name
