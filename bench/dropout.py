@@ -23,9 +23,11 @@ process. Compilation is not timed.
 
     python bench/dropout.py [--steps 6] [--warmup 2] [--fisher_examples 64]
                             [--fisher_length 64] [--fisher_batch 8] [--layers 4] ...
+                            [--only_fisher]
 
 The last line printed is a JSON object (guided_over_none, guided_over_uniform,
-fisher_speedup_vs_torch and the figures they come from).
+fisher_speedup_vs_torch and the figures they come from; with --only_fisher,
+the Fisher figures alone, and no train step is run).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def ours_worker(args) -> dict:
       cfg, optimizer, harness.random_token_ids(model_shape(args), args.batch, args.seq))
   scores, fisher_timing = ours_fisher(args, cfg, graphdef, state.params)
   progress(f"ours: Fisher pass {fisher_timing}")
+  if args.only_fisher:
+    return {"fisher": fisher_timing, "parameters": cfg.num_params(), "jax_version": jax.__version__}
 
   def plan(mode: str, sites: str) -> dict:
     settings = ml_collections.ConfigDict(
@@ -168,6 +172,8 @@ def parse_args():
   parser.add_argument("--fisher_examples", type=int, default=64)
   parser.add_argument("--fisher_length", type=int, default=64)
   parser.add_argument("--fisher_batch", type=int, default=8, help="ours: examples per vmapped call")
+  parser.add_argument("--only_fisher", action="store_true",
+                      help="time the Fisher pass alone, not the train step's variants")
   parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.steps < 1 or args.warmup < 1:
@@ -179,32 +185,39 @@ def main():
   args = parse_args()
   if args.worker:
     return harness.print_result(WORKERS[args.worker](args))
-  argv = [f"--{name}={value}" for name, value in vars(args).items() if name != "worker"]
-  print(f"dropout, {model_shape(args)}, batch {args.batch} x seq {args.seq}; Fisher over "
-        f"{args.fisher_examples} examples of {args.fisher_length} tokens", flush=True)
+  argv = [f"--{name}={value}" for name, value in vars(args).items()
+          if name not in ("worker", "only_fisher")] + ["--only_fisher"] * args.only_fisher
+  step = "" if args.only_fisher else f", batch {args.batch} x seq {args.seq}"
+  print(f"dropout, {model_shape(args)}{step}; Fisher over {args.fisher_examples} examples of "
+        f"{args.fisher_length} tokens", flush=True)
   ours = harness.run_cpu_worker(__file__, "ours", argv)
   torch_run = harness.run_cpu_worker(__file__, "torch", argv)
-  seconds = ours["seconds"]
-  median = {variant: statistics.median(s) for variant, s in seconds.items()}
   ours_fisher = ours["fisher"]["examples_per_sec"]
-  print(json.dumps(model_shape(args) | {
-      "batch": args.batch, "seq": args.seq, "timed_steps": args.steps,
-      "parameters": ours["parameters"],
-      "seconds_per_step": {variant: round(s, 4) for variant, s in median.items()},
-      "guided_over_none": round(paired_ratio(seconds["guided"], seconds["none"]), 4),
-      "guided_over_uniform": round(paired_ratio(seconds["guided"], seconds["uniform"]), 4),
-      "uniform_over_none": round(paired_ratio(seconds["uniform"], seconds["none"]), 4),
-      "guided_no_probs_over_none": round(paired_ratio(seconds["guided_no_probs"], seconds["none"]), 4),
+  fisher = {
       "fisher_examples": args.fisher_examples, "fisher_length": args.fisher_length,
       "fisher_batch": args.fisher_batch,
       "ours_fisher_examples_per_sec": round(ours_fisher, 2),
       "torch_fisher_examples_per_sec": round(torch_run["fisher_examples_per_sec"], 2),
       "fisher_speedup_vs_torch": round(ours_fisher / torch_run["fisher_examples_per_sec"], 3),
       "ours_fisher_compile_seconds": ours["fisher"]["compile_seconds"],
+  }
+  step = {}
+  if not args.only_fisher:
+    seconds = ours["seconds"]
+    median = {variant: statistics.median(s) for variant, s in seconds.items()}
+    step = {
+        "batch": args.batch, "seq": args.seq, "timed_steps": args.steps,
+        "seconds_per_step": {variant: round(s, 4) for variant, s in median.items()},
+        "guided_over_none": round(paired_ratio(seconds["guided"], seconds["none"]), 4),
+        "guided_over_uniform": round(paired_ratio(seconds["guided"], seconds["uniform"]), 4),
+        "uniform_over_none": round(paired_ratio(seconds["uniform"], seconds["none"]), 4),
+        "guided_no_probs_over_none": round(paired_ratio(seconds["guided_no_probs"],
+                                                        seconds["none"]), 4),
+    }
+  print(json.dumps(model_shape(args) | {"parameters": ours["parameters"]} | step | fisher | {
       "jax_version": ours["jax_version"], "torch_version": torch_run["torch_version"],
       "transformers_version": torch_run["transformers_version"], "cpu_count": os.cpu_count(),
   }))
-
 
 if __name__ == "__main__":
   main()

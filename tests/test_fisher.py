@@ -95,6 +95,9 @@ def test_pass_matches_transformers_per_example_gradients(tmp_path, family):
   examples = [ids[:MAX_LENGTH] for ids in
               tokenizer(DOCUMENTS, add_special_tokens=with_bos)["input_ids"] if len(ids) >= 2]
   assert content["num_examples"] == len(examples) == (5 if with_bos else 4)
+  # Tokens repeat within examples: the step sums an example's gradient over the positions
+  # of each token before squaring it (and with a tied head, adds the output layer's part).
+  assert sum(len(set(ids)) < len(ids) for ids in examples) >= 2
   assert content["tokens"] == sum(map(len, examples)) and content["selection"] == "all"
   assert json.loads((tmp_path / "out" / "fisher.json").read_text()) == content
   diagonal = load_file(str(tmp_path / "out" / information.DIAGONAL_FILE))
@@ -106,11 +109,12 @@ def test_pass_matches_transformers_per_example_gradients(tmp_path, family):
 
 def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
   """Examples over the batch axes (fsdp), parameters over fsdp and tensor, micro-batches
-  padded to two lengths (20; 16 with an empty row); the reference: jax.grad of one unpadded
-  example at a time."""
+  padded to two lengths (20; 16 with an empty row), tokens repeated within an example; the
+  reference: jax.grad of one unpadded example at a time."""
   tiny_checkpoint(tmp_path, "llama")
   rng = np.random.default_rng(0)
   examples = [rng.integers(0, 300, size).astype(np.int32) for size in (5, 20, 20)]
+  examples[0] = np.array([7, 3, 7, 7, 3], np.int32)  # repeated tokens, and one twice in a row
   assert [information.padded_length(n, 20) for n in (20, 5)] == [20, 16]
   mesh = sharding.make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
   model = hf_io.load_hf(str(tmp_path), mesh=mesh)
