@@ -2,7 +2,7 @@
 
 A small Llama-architecture model is initialized at random (no pretrained
 weights can be downloaded), with a byte-level BPE tokenizer trained on the
-training split's sentences, and saved in Hugging Face format. Then each
+training split's prompts (the Alpaca template around each sentence), and saved in Hugging Face format. Then each
 condition of configs/sentiment.py (clean, label, typo, grammar) fine-tunes it
 on the local rt-polarity release through `neft_jax.train.train`, with 10% of
 the sentences held out for eval and 10% for test (stratified, split_seed 0),
@@ -30,18 +30,20 @@ from flax import nnx  # noqa: E402
 
 from configs import sentiment  # noqa: E402
 from neft_jax import train  # noqa: E402
-from neft_jax.data import pipeline  # noqa: E402
+from neft_jax.data import pipeline, templates  # noqa: E402
 from neft_jax.demo import train_tokenizer  # noqa: E402
 from neft_jax.models import ModelConfig, Transformer, save_hf  # noqa: E402
 
 MODEL = dict(embed_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=384,
-             max_positions=128, initializer_range=0.05)
+             max_positions=256, initializer_range=0.05)
 
 
 def make_model(folder: str, data: str, vocab_size: int) -> float:
-  """The tiny model and its tokenizer (trained on the training split only); its size in M."""
+  """The tiny model and its tokenizer (trained on the training split's prompts and labels,
+  as the demo's is); its size in millions of parameters."""
   config = sentiment.get_config(f"clean,data={data}")
-  texts = [r.input for r in pipeline.split_records(config.data)["train"]]
+  texts = [templates.prompt(r, "alpaca") + r.output
+           for r in pipeline.split_records(config.data)["train"]]
   tokenizer = train_tokenizer(texts, vocab_size, min_frequency=2)
   tokenizer.save_pretrained(folder)
   model_config = ModelConfig(family="llama", vocab_size=len(tokenizer),

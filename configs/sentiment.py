@@ -68,7 +68,9 @@ def get_config(arg: str = "clean"):
   else:
     config.data.path = config.data.eval_path = config.data.test_path = HUB_DATASET
     config.data.eval_split, config.data.test_split = "validation", "test"
-  config.data.max_length = 128
+  # The longest rt-polarity prompt with its label and EOS: 139 tokens for GPT-2's tokenizer,
+  # 152 for Llama-2's, 126 for Qwen2's; every label must be scored whole.
+  config.data.max_length = 160
   config.data.packing = True
   config.data.noise.update(CONDITIONS[condition])
   config.neftune.alpha = 0.0  # the noise study's runs: data noise only

@@ -184,6 +184,12 @@ def test_a_classification_run_reports_accuracy_and_its_noise(demo_assets, tmp_pa
   manifest = [json.loads(line) for line in open(workdir / "noise_manifest.jsonl")]
   assert len(manifest) == 12 and {e["split"] for e in manifest} == {"train"}
   assert all(e["field"] == "output" and e["before"] != e["after"] for e in manifest)
+  # neft_jax.evaluate on the run's checkpoint: the same label metrics, on the same splits.
+  from neft_jax import evaluate
+  config.eval.exact_match_examples, config.generate.max_new_tokens = 2, 2
+  summary = evaluate.evaluate(config, workdir=str(workdir), out_dir=str(tmp_path / "eval"))
+  for key in ("eval_accuracy", "eval_macro_f1", "test_accuracy", "test_macro_f1", "test_loss"):
+    assert summary[key] == pytest.approx(last[key], abs=1e-6), key
 
 
 @pytest.mark.parametrize("row, message", [
