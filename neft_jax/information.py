@@ -136,9 +136,10 @@ def _add_head_squares(sum_vd, logits_grad_ntv, hidden_ntd, groups: int):
 
   On the 2-core CPU (8 rows of 64 tokens, vocabulary 32,000, width 256) this loop,
   which adds each square in place, took 0.24 s, a batched matmul [rows, vocab, embed]
-  summed over the rows 1.7 s, and an unrolled loop of the rows 0.36 s. With the rows split over `groups`
-  devices, each step of the loop takes one row of every group, so that a device
-  works on its own rows, and the groups' sums are added once at the end.
+  summed over the rows 1.7 s, and an unrolled loop of the rows 0.36 s. With the
+  rows split over `groups` devices, each step of the loop takes one row of every
+  group, so that a device works on its own rows, and the groups' sums are added
+  once at the end.
   """
   rows = logits_grad_ntv.shape[0]
   if groups == 1:
