@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from neft_jax.analysis import CKAAccumulator, attention_divergence, linear_cka, weight_change
+from neft_jax.analysis import (CKAAccumulator, CKATable, attention_divergence, linear_cka,
+                               weight_change)
 from neft_jax.errors import UserError
 
 
@@ -112,6 +113,28 @@ def test_streaming_accumulation_equals_the_one_shot_value(debiased):
   assert accumulator.count == real_bt.sum()
   one_shot = linear_cka(x_btd[real_bt], y_bte[real_bt], debiased)
   assert accumulator.result(debiased) == pytest.approx(one_shot, abs=1e-9)
+
+
+def test_a_table_of_streams_gives_every_pair_as_linear_cka_would():
+  rng = np.random.default_rng(5)
+  x, y = correlated_features(rng, n=24)
+  z = np.tanh(y[:, :4]) + 0.1 * rng.normal(size=(24, 4))
+  features = {"base/0": x, "tuned/0": y, "base/last": z}
+  pairs = [("base/0", "tuned/0"), ("base/0", "base/last"), ("tuned/0", "base/last"),
+           ("base/last", "base/last")]
+  table = CKATable(pairs)
+  real = rng.random(24) < 0.8
+  for rows in np.array_split(np.arange(24), 4):
+    table.add({name: f[rows] for name, f in features.items()}, mask=real[rows])
+  for debiased in (False, True):
+    for name_x, name_y in pairs:
+      expected = linear_cka(features[name_x][real], features[name_y][real], debiased)
+      assert table.result(name_x, name_y, debiased) == pytest.approx(expected, abs=1e-9)
+  assert table.result("base/last", "base/last") == pytest.approx(1.0, abs=1e-12)
+  with pytest.raises(ValueError, match="not one of the table's pairs"):
+    table.result("tuned/0", "base/0")
+  with pytest.raises(ValueError, match=r"features of \['base/last'\] are missing"):
+    table.add({"base/0": x, "tuned/0": y})
 
 
 def test_cka_input_errors():
