@@ -13,5 +13,5 @@ from neft_jax.analysis.attention import AttentionStats, attention_divergence
 from neft_jax.analysis.cka import CKAAccumulator, CKATable, linear_cka
 from neft_jax.analysis.weights import Change, WeightChange, weight_change
 
-__all__ = ["AttentionStats", "attention_divergence", "CKAAccumulator", "CKATable", "linear_cka", "Change",
-           "WeightChange", "weight_change"]
+__all__ = ["AttentionStats", "attention_divergence", "CKAAccumulator", "CKATable", "linear_cka",
+           "Change", "WeightChange", "weight_change"]

@@ -7,7 +7,8 @@ are measured layer by layer. The sums are taken in float64, tensor slice by
 slice, so a cosine a hair below 1 is not lost to float32 rounding.
 
 Parameter names are those of `neft_jax.models.transformer` flattened with dots
-(`layers.attn.query.kernel`, `embed`, `final_norm.scale`, ...).
+(`layers.attn.query.kernel`, `embed`, `final_norm.scale`, ...). A model with tied
+embeddings has no `lm_head`, so no "head" kind: its head is the embedding.
 """
 
 from __future__ import annotations
