@@ -81,6 +81,15 @@ def test_debiased_cka_equals_the_unbiased_hsic_ratio():
     assert abs(expected - hsic_ratio_reference(x, y)) > 1e-3  # the two estimators differ
 
 
+def test_debiased_cka_removes_the_bias_of_few_tokens_in_many_dimensions():
+  # y = x + noise of equal variance: the population CKA is ||I||^2 / (||I|| ||2 I||) = 1/2.
+  rng = np.random.default_rng(13)
+  x = rng.normal(size=(100, 64))
+  y = x + rng.normal(size=x.shape)
+  assert linear_cka(x, y) > 0.65
+  assert linear_cka(x, y, debiased=True) == pytest.approx(0.5, abs=0.03)
+
+
 @pytest.mark.parametrize("debiased", [False, True])
 def test_cka_is_invariant_to_orthogonal_transforms_and_isotropic_scaling(debiased):
   rng = np.random.default_rng(3)
