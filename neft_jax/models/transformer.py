@@ -180,7 +180,7 @@ class Attention(nnx.Module):
     self.implementation = cfg.attention
 
   def __call__(self, x_btd: jax.Array, rotary, mask_b1ts: jax.Array | None, kv=None,
-               cache_index=None, dropout=None):
+               cache_index=None, dropout=None, with_probs: bool = False):
     """Attention output; with a layer's (keys, values) cache, also the updated cache.
 
     Without a cache, attention is causal over the input, and `mask_b1ts` only
@@ -188,6 +188,8 @@ class Attention(nnx.Module):
     values are written at slot `cache_index` and the queries attend to every
     slot that `mask_b1ts` allows (it then carries the causal part too).
     `dropout` (a layer's `neft_jax.dropout.Dropout`) drops the probabilities.
+    `with_probs` (analysis, without a cache): also the attention probabilities
+    [batch, heads, query, key], computed explicitly whatever `cfg.attention` is.
     """
     q_btnh, k_btkh, v_btkh = self.query(x_btd), self.key(x_btd), self.value(x_btd)
     if self.use_rope:
@@ -202,16 +204,19 @@ class Attention(nnx.Module):
     v_bskh = sharding.constrain(v_bskh, ("batch", "length", "kv_heads", "head_dim"))
     k_bskh, v_bskh = k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype)
     drop_probs = dropout is not None and dropout.on("attention_probs")
-    if self.implementation == "cudnn" and not drop_probs:
+    probs_bnts = None
+    if self.implementation == "cudnn" and not drop_probs and not with_probs:
       # Causal masking comes from is_causal, so that cuDNN skips the masked blocks.
       encoded_btnh = jax.nn.dot_product_attention(
           q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=self.scale, is_causal=kv is None,
           implementation="cudnn")
     else:
-      encoded_btnh, _ = attention(
+      encoded_btnh, probs_bnts = attention(
           q_btnh, k_bskh, v_bskh, mask_b1ts, self.scale, causal=kv is None,
           drop_probs=(lambda p: dropout("attention_probs", p)) if drop_probs else None)
     out_btd = self.out(encoded_btnh)
+    if with_probs:
+      return out_btd, probs_bnts
     return out_btd if kv is None else (out_btd, (k_bskh, v_bskh))
 
 
@@ -250,15 +255,20 @@ class Block(nnx.Module):
     self.mlp_norm = Norm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None, dropout=None):
-    attended = self.attn(self.attn_norm(x_btd), rotary, mask_b1ts, kv, cache_index, dropout)
-    if kv is not None:
-      attended, kv = attended
+  def __call__(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None, dropout=None,
+               with_probs: bool = False):
+    """The block's output; with a cache, also the updated cache; `with_probs`: also
+    the attention probabilities (see `Attention`)."""
+    attended = self.attn(self.attn_norm(x_btd), rotary, mask_b1ts, kv, cache_index, dropout,
+                         with_probs)
+    extra = None
+    if kv is not None or with_probs:
+      attended, extra = attended  # the updated cache, or the probabilities
     site = dropout if dropout is not None else (lambda kind, y: y)  # on both residual branches
     x_btd = x_btd + site("attention_output", attended)
     x_btd = x_btd + site("mlp_output", self.mlp(self.mlp_norm(x_btd)))
     x_btd = sharding.constrain(x_btd, ("batch", "length", "embed"))
-    return x_btd if kv is None else (x_btd, kv)
+    return x_btd if extra is None else (x_btd, extra)
 
 
 def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -406,18 +416,8 @@ class Transformer(nnx.Module):
       dropout: a `neft_jax.dropout.Dropout` for training (None: no dropout):
         its key and the rates of the sites that are on.
     """
-    cfg = self.config
-    x_btd = self.embed_tokens(input_ids) if embeddings is None else embeddings
-    x_btd = x_btd.astype(cfg.compute_jnp_dtype)
-    if positions is None:
-      positions = default_positions(x_btd.shape[:2], attention_mask, segment_ids)
-    if cfg.positions == "learned":
-      x_btd = x_btd + jnp.take(self.pos_embed[...], positions, axis=0).astype(x_btd.dtype)
-    if dropout is not None:
-      x_btd = dropout("embed", x_btd)
-    rotary = None
-    if cfg.positions == "rope":
-      rotary = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, x_btd.dtype)
+    x_btd, rotary = self._layers_input(input_ids, attention_mask, segment_ids, positions,
+                                       embeddings, dropout)
     if cache is None:
       mask_b1ts = padding_and_segment_mask(attention_mask, segment_ids)
       x_btd, _ = self._run_layers(x_btd, rotary, mask_b1ts, dropout=dropout)
@@ -431,10 +431,55 @@ class Transformer(nnx.Module):
     x_btd = self.final_norm(x_btd)
     return x_btd if cache is None else (x_btd, cache)
 
-  def _run_layers(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None, dropout=None):
+  def intermediates(self, input_ids=None, attention_mask=None, segment_ids=None, positions=None,
+                    *, embeddings=None):
+    """Every layer's hidden states and attention probabilities, for analysis.
+
+    The arguments are those of `hidden_states` (no cache, no dropout). Returns
+    float32 arrays (hidden states [layers + 1, batch, length, embed], attention
+    probabilities [layers, batch, heads, query, key]), the convention of
+    transformers' `output_hidden_states=True` and `output_attentions=True`
+    (with `attn_implementation="eager"`), which is the same for GPT-2, Llama
+    and Qwen2: entry 0 is the first block's input (token embeddings, plus the
+    learned positions for GPT-2), entry i the residual stream after block i,
+    except the last, which is the final-normed output (the one the output
+    layer maps to logits) instead of the last block's raw output.
+
+    The probabilities are a softmax written out, also under
+    `cfg.attention="cudnn"`, so they cost [layers, batch, heads, length,
+    length] memory; training and generation never compute them. Rows of
+    padding queries (and segment 0 in packed rows) are meaningless.
+    """
+    x_btd, rotary = self._layers_input(input_ids, attention_mask, segment_ids, positions, embeddings)
+    mask_b1ts = padding_and_segment_mask(attention_mask, segment_ids)
+    _, (outputs_lbtd, probs_lbnts) = self._run_layers(x_btd, rotary, mask_b1ts, with_probs=True)
+    last_btd = self.final_norm(outputs_lbtd[-1])
+    hidden_lbtd = jnp.concatenate([x_btd[None], outputs_lbtd[:-1], last_btd[None]])
+    return hidden_lbtd.astype(jnp.float32), probs_lbnts.astype(jnp.float32)
+
+  def _layers_input(self, input_ids, attention_mask, segment_ids, positions, embeddings,
+                    dropout=None):
+    """The first block's input [batch, length, embed] and the rotary tables (or None)."""
+    cfg = self.config
+    x_btd = self.embed_tokens(input_ids) if embeddings is None else embeddings
+    x_btd = x_btd.astype(cfg.compute_jnp_dtype)
+    if positions is None:
+      positions = default_positions(x_btd.shape[:2], attention_mask, segment_ids)
+    if cfg.positions == "learned":
+      x_btd = x_btd + jnp.take(self.pos_embed[...], positions, axis=0).astype(x_btd.dtype)
+    if dropout is not None:
+      x_btd = dropout("embed", x_btd)
+    rotary = None
+    if cfg.positions == "rope":
+      rotary = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, x_btd.dtype)
+    return x_btd, rotary
+
+  def _run_layers(self, x_btd, rotary, mask_b1ts, kv=None, cache_index=None, dropout=None,
+                  with_probs=False):
     """The blocks over x, scanned or unrolled; with (keys, values) stacked over
-    layers, also the updated stack. Each layer's dropout rates are scanned over
-    with its parameters, and its key is folded from the layer index."""
+    layers, also the updated stack; `with_probs`: also every block's output and
+    attention probabilities, stacked over layers. Each layer's dropout rates are
+    scanned over with its parameters, and its key is folded from the layer index."""
     cfg = self.config
     graphdef, stacked = nnx.split(self.layers)
     layer_dropout = None if dropout is None else (jnp.arange(cfg.num_layers), dropout.layer_rates())
@@ -443,6 +488,9 @@ class Transformer(nnx.Module):
       params, layer_kv, drop = per_layer
       block = nnx.merge(graphdef, params)
       drop = None if drop is None else dropout.layer(*drop)
+      if with_probs:
+        x_btd, probs_bnts = block(x_btd, rotary, mask_b1ts, with_probs=True)
+        return x_btd, (x_btd, probs_bnts)
       if layer_kv is None:
         return block(x_btd, rotary, mask_b1ts, dropout=drop), None
       return block(x_btd, rotary, mask_b1ts, layer_kv, cache_index)
@@ -451,12 +499,12 @@ class Transformer(nnx.Module):
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       return jax.lax.scan(layer, x_btd, (stacked, kv, layer_dropout))
-    new_kv = []
+    per_layer_outputs = []
     for i in range(cfg.num_layers):
       at_layer = lambda tree: jax.tree.map(lambda p: p[i], tree)
       layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-      x_btd, updated = layer(x_btd, (at_layer(stacked), layer_kv, at_layer(layer_dropout)))
-      new_kv.append(updated)
-    if kv is None:
+      x_btd, outputs = layer(x_btd, (at_layer(stacked), layer_kv, at_layer(layer_dropout)))
+      per_layer_outputs.append(outputs)
+    if per_layer_outputs[0] is None:
       return x_btd, None
-    return x_btd, (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))
+    return x_btd, jax.tree.map(lambda *ys: jnp.stack(ys), *per_layer_outputs)  # as scan's
