@@ -18,8 +18,8 @@ The Fisher pass: examples/s of the empirical diagonal Fisher (per-example
 squared gradients, averaged) over random 64-token examples, ours
 (`neft_jax.information.fisher_diagonal`: jax.vmap of jax.grad over micro-batches,
 jitted) against PyTorch's per-example loop (the paper's method: batch of 1,
-forward with labels, backward, square and add every gradient), each in its own
-process. Compilation is not timed.
+forward with labels, backward, square and add every gradient; the faster of 1
+thread and one per core), each in its own process. Compilation is not timed.
 
     python bench/dropout.py [--steps 6] [--warmup 2] [--fisher_examples 64]
                             [--fisher_length 64] [--fisher_batch 8] [--layers 4] ...
@@ -121,10 +121,12 @@ def ours_worker(args) -> dict:
 # --- torch -----------------------------------------------------------------
 
 def torch_worker(args) -> dict:
+  """PyTorch's per-example loop, timed with 1 thread and with one per core: the faster
+  counts (on a machine that other processes load, two threads on two cores ran the
+  loop 8x slower than one)."""
   import torch
   import transformers
 
-  torch.set_num_threads(os.cpu_count())
   torch.manual_seed(SEED)
   model = transformers.LlamaForCausalLM(harness.torch_llama(model_shape(args), args.seq))
   model = model.to(torch.float32).eval()  # no dropout, as in our pass
@@ -138,14 +140,19 @@ def torch_worker(args) -> dict:
       for s, p in zip(squares, model.parameters()):
         s.add_(p.grad.square())
 
-  for ids in examples[:2]:  # warmup
-    example(ids)
-  start = time.perf_counter()
-  for ids in examples:
-    example(ids)
-  seconds = time.perf_counter() - start
-  progress(f"torch: {len(examples)} examples in {seconds:.2f} s")
-  return {"fisher_seconds": seconds, "fisher_examples_per_sec": len(examples) / seconds,
+  per_sec = {}
+  for threads in sorted({1, os.cpu_count()}):
+    torch.set_num_threads(threads)
+    for ids in examples[:2]:  # warmup
+      example(ids)
+    start = time.perf_counter()
+    for ids in examples:
+      example(ids)
+    seconds = time.perf_counter() - start
+    per_sec[threads] = len(examples) / seconds
+    progress(f"torch, {threads} thread(s): {len(examples)} examples in {seconds:.2f} s")
+  return {"fisher_examples_per_sec": max(per_sec.values()),
+          "fisher_examples_per_sec_by_threads": {str(t): round(v, 2) for t, v in per_sec.items()},
           "torch_version": torch.__version__, "transformers_version": transformers.__version__}
 
 
@@ -198,6 +205,7 @@ def main():
       "fisher_batch": args.fisher_batch,
       "ours_fisher_examples_per_sec": round(ours_fisher, 2),
       "torch_fisher_examples_per_sec": round(torch_run["fisher_examples_per_sec"], 2),
+      "torch_fisher_examples_per_sec_by_threads": torch_run["fisher_examples_per_sec_by_threads"],
       "fisher_speedup_vs_torch": round(ours_fisher / torch_run["fisher_examples_per_sec"], 3),
       "ours_fisher_compile_seconds": ours["fisher"]["compile_seconds"],
   }
