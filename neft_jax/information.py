@@ -171,10 +171,10 @@ def make_fisher_step(graphdef: nnx.GraphDef, groups: int = 1):
     * the output layer: an example's gradient is logits_grad^T hidden, from the
       gradient of its loss with respect to its logits [length, vocab] and its
       hidden states [length, embed] (`_add_head_squares`);
-    * a tied head is both at once: per example (E + H)^2 = H^2 + E (E + 2 H),
-      with E the embedding's part, nonzero on the example's tokens only, and H
-      the output layer's, whose entries at those rows are formed for the second
-      term.
+    * a tied head is both at once: per example (E + O)^2 = O^2 + E (E + 2 O),
+      with E the embedding's part, nonzero on the example's tokens' rows only,
+      and O the output layer's, whose entries at those rows are formed for the
+      second term.
   """
   def example_gradients(body, tables, input_ids_t, segment_ids_t):
     # body, tables: nested dicts of the parameters, those autodiff sees and the TABLES
