@@ -1,0 +1,162 @@
+"""A base model and tuned ones side by side over the same probe tokens: every metric.
+
+    comparison = compare(base, {"noisy": tuned_a, "clean": tuned_b}, examples,
+                         rows=8, max_tokens=4096, seed=0, debiased=False)
+
+`examples` are token id arrays (one per probe example). They are cut into
+batches of `rows` rows, right-padded to the longest example, and every model
+runs on each batch in lockstep: one jitted step computes each model's
+intermediates (`Transformer.intermediates`) and reduces the attention
+probabilities at once, base against each tuned model, to per-head JS
+divergence and entropy sums (`attention_divergence`, vmapped over layers). Only
+the hidden states of the tokens sampled for CKA leave the step, into one
+`CKATable`; no batch's probabilities outlive the step.
+
+CKA pairs, per hidden-state entry l (see below): base l against each tuned
+model's l, and each model's l against its own last entry. The tokens CKA uses are chosen up front, by `seed`, from the
+examples' real-token counts (`cka_sample`), so the sample does not depend on
+the batching.
+
+Index conventions: hidden-state entry i (0 <= i <= layers) is the input of block
+i, i.e. the output of block i - 1 (entry 0: the embeddings; the last entry: the
+final norm of the last block's output). Weight and attention layers are block
+indices 0 .. layers - 1. A change in block k's MLP therefore first shows in
+hidden entry k + 1 and in the attention of block k + 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from neft_jax.analysis.attention import AttentionStats, attention_divergence
+from neft_jax.analysis.cka import CKATable
+from neft_jax.analysis.weights import WeightChange, weight_change
+from neft_jax.errors import UserError
+
+BASE = "base"
+
+
+@dataclasses.dataclass
+class Comparison:
+  """Every metric of a base model against named tuned models.
+
+    weights[name]:        WeightChange of tuned model `name`
+    cka_base[name]:       [layers + 1] CKA of base hidden entry l vs the tuned model's entry l
+    cka_to_last[model]:   [layers + 1] CKA of a model's entry l vs its own last entry
+                          (model: "base" or a tuned name)
+    attention[name]:      {"js", "entropy_base", "entropy_tuned"}: [layers, heads] means
+                          over real query positions, nats
+  """
+  names: tuple[str, ...]
+  num_layers: int
+  num_heads: int
+  examples: int
+  tokens: int       # real tokens of the probe examples
+  cka_tokens: int   # the tokens CKA was computed on
+  debiased: bool
+  weights: dict[str, WeightChange]
+  cka_base: dict[str, np.ndarray]
+  cka_to_last: dict[str, np.ndarray]
+  attention: dict[str, dict[str, np.ndarray]]
+
+
+def cka_sample(lengths, max_tokens: int, seed: int) -> list[np.ndarray]:
+  """Per example, a boolean mask over its tokens: the ones CKA uses. All real
+  tokens when there are at most `max_tokens`, else `max_tokens` of them drawn
+  without replacement by `seed`."""
+  lengths = np.asarray(lengths, np.int64)
+  total = int(lengths.sum())
+  chosen = np.ones(total, bool)
+  if total > max_tokens:
+    chosen[:] = False
+    chosen[np.random.default_rng([seed, 12]).choice(total, max_tokens, replace=False)] = True
+  return np.split(chosen, np.cumsum(lengths)[:-1])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_step(graphdefs, params, input_ids_bt, attention_mask_bt):
+  """Every model's hidden states [layers + 1, batch, length, embed] and, for each
+  tuned model, its AttentionStats against the base ([layers, heads] sums)."""
+  hidden, stats, base_probs_lbnts = [], [], None
+  for graphdef, model_params in zip(graphdefs, params):
+    model = nnx.merge(graphdef, model_params)
+    hidden_lbtd, probs_lbnts = model.intermediates(input_ids_bt, attention_mask_bt)
+    hidden.append(hidden_lbtd)
+    if base_probs_lbnts is None:
+      base_probs_lbnts = probs_lbnts
+    else:
+      stats.append(jax.vmap(attention_divergence, in_axes=(0, 0, None))(
+          base_probs_lbnts, probs_lbnts, attention_mask_bt))
+  return hidden, stats
+
+
+def _batches(examples, masks, rows: int, length: int):
+  """(input_ids [rows, length], attention_mask, cka_mask) per batch; the last
+  batch is filled with empty rows."""
+  for start in range(0, len(examples), rows):
+    input_ids = np.zeros((rows, length), np.int32)
+    real = np.zeros((rows, length), bool)
+    sample = np.zeros((rows, length), bool)
+    for row, (ids, chosen) in enumerate(zip(examples[start:start + rows], masks[start:start + rows])):
+      input_ids[row, :len(ids)], real[row, :len(ids)], sample[row, :len(ids)] = ids, True, chosen
+    yield input_ids, real, sample
+
+
+def compare(base, tuned: dict, examples, *, rows: int = 8, max_tokens: int = 4096, seed: int = 0,
+            debiased: bool = False, to_global=None) -> Comparison:
+  """The base Transformer against every tuned one ({name: Transformer}) on the
+  probe `examples` (token id arrays); see the module's doc. `to_global` places a
+  batch {input_ids, attention_mask} on the mesh (None: as it comes)."""
+  names = tuple(tuned)
+  if BASE in names:
+    raise UserError(f"a tuned model may not be called {BASE!r}: that name is the base model's")
+  base_params = nnx.state(base, nnx.Param)
+  weights = {name: weight_change(base_params, nnx.state(model, nnx.Param))
+             for name, model in tuned.items()}  # UserError: the first mismatching tensor
+  examples = [np.asarray(ids, np.int32) for ids in examples if len(ids)]
+  if not examples:
+    raise UserError("the probe set is empty: give --probe data with at least one non-empty "
+                    "example (or a run whose held-out split has one)")
+  cfg = base.config
+  masks = cka_sample([len(ids) for ids in examples], max_tokens, seed)
+  cka_tokens = int(sum(m.sum() for m in masks))
+  if debiased and cka_tokens < 4:
+    raise UserError(f"--debiased CKA needs at least 4 probe tokens; the probe set has {cka_tokens}")
+  models = {BASE: base} | dict(tuned)
+  layers = range(cfg.num_layers + 1)
+  pairs = [(f"{BASE}/{l}", f"{name}/{l}") for name in names for l in layers]
+  pairs += [(f"{model}/{l}", f"{model}/{cfg.num_layers}") for model in models for l in layers]
+  table = CKATable(pairs)
+  graphdefs, params = zip(*(nnx.split(model) for model in models.values()))
+  attention_sums: list[AttentionStats | None] = [None] * len(names)
+  length = max(len(ids) for ids in examples)
+  for input_ids, real, sample in _batches(examples, masks, rows, length):
+    batch = {"input_ids": input_ids, "attention_mask": real}
+    if to_global is not None:
+      batch = to_global(batch)
+    hidden, stats = _batch_step(graphdefs, params, batch["input_ids"], batch["attention_mask"])
+    if sample.any():
+      features = {}
+      for model, hidden_lbtd in zip(models, hidden):
+        chosen_lnd = np.asarray(hidden_lbtd)[:, sample]  # [layers + 1, sampled tokens, embed]
+        features |= {f"{model}/{l}": chosen_lnd[l] for l in layers}
+      table.add(features)
+    attention_sums = [s if total is None else total + s for total, s in zip(attention_sums, stats)]
+  cka_base = {name: np.array([table.result(f"{BASE}/{l}", f"{name}/{l}", debiased) for l in layers])
+              for name in names}
+  cka_to_last = {model: np.array([table.result(f"{model}/{l}", f"{model}/{cfg.num_layers}",
+                                               debiased) for l in layers]) for model in models}
+  attention = {}
+  for name, total in zip(names, attention_sums):
+    means = total.means()
+    attention[name] = {"js": means["js"], "entropy_base": means["entropy_p"],
+                       "entropy_tuned": means["entropy_q"]}
+  return Comparison(names, cfg.num_layers, cfg.num_heads, len(examples),
+                    int(sum(len(ids) for ids in examples)), cka_tokens, debiased, weights, cka_base,
+                    cka_to_last, attention)
