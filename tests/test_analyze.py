@@ -1,6 +1,7 @@
 """neft_jax.analyze and the comparison behind it: a planted change is found where it was made."""
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -71,3 +72,74 @@ def test_mismatching_shapes_and_empty_probe_are_user_errors():
     compare(base, {"tuned": other}, probe_examples())
   with pytest.raises(UserError, match="probe set is empty"):
     compare(base, {"tuned": tiny_model(1)}, [])
+
+
+# The command line on the shrunk demo ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clean_run(demo_assets, shrunk_run, tmp_path_factory):
+  """The shrunk demo without NEFTune, 3 steps (shrunk_run has NEFTune alpha=5)."""
+  from neft_jax import train
+  from tests.test_train import shrunk_config
+  workdir = tmp_path_factory.mktemp("clean_run")
+  config = shrunk_config(demo_assets, neftune__alpha=0.0, train__steps=3)
+  train.train(config, str(workdir))
+  return workdir
+
+
+def test_cli_compares_a_base_with_two_runs_and_writes_every_file(demo_assets, shrunk_run,
+                                                                 clean_run, tmp_path):
+  import csv
+
+  from neft_jax import analyze
+  noisy, _ = shrunk_run
+  out = tmp_path / "analysis"
+  content = analyze.analyze(os.path.join(demo_assets, "model"), [str(noisy), str(clean_run)],
+                            str(out), max_examples=10, max_tokens=200, seed=1)
+  names = [os.path.basename(str(noisy)), os.path.basename(str(clean_run))]
+  assert sorted(content["summary"]) == sorted(names)
+  assert content["probe"] == "the held-out eval split" and content["examples"] == 10
+  assert content["cka_tokens"] == 200 and content["tuned"][names[0]].endswith("(step 6)")
+  for name in names:  # trained: every block moved, representations and attention too
+    assert 0 < content["summary"][name]["mlp_weight_change"] < 1
+    cka = content["cka_base"][name]
+    assert len(cka) == 5 and all(0 < v <= 1 + 1e-6 for v in cka) and min(cka) < 0.9999
+    js = np.array(content["attention"][name]["js"])
+    assert js.shape == (4, 4) and np.all(js > 0) and np.all(js <= np.log(2))
+  for png in ("weight_change.png", "cka_by_layer.png", "attention_js.png"):
+    data = (out / png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, png
+  with open(out / "analysis.csv", newline="") as f:
+    table = list(csv.DictReader(f))
+  assert list(table[0]) == ["model", "layer", "module", "head", "metric", "value"]
+  metrics = {row["metric"] for row in table}
+  assert {"weight_relative_change", "weight_cosine", "cka_base", "cka_to_last", "js",
+          "entropy_base", "entropy_tuned"} <= metrics
+  summary = (out / "analysis.md").read_text()
+  assert all(name in summary for name in names) and "attention JS" in summary
+
+
+def test_cli_bad_input_is_one_error_line(demo_assets, shrunk_run, tmp_path):
+  import subprocess
+  import sys
+
+  from neft_jax import analyze
+  noisy, _ = shrunk_run
+  base = os.path.join(demo_assets, "model")
+  empty = tmp_path / "empty.json"
+  empty.write_text("[]")
+  with pytest.raises(UserError, match="probe set is empty"):
+    analyze.analyze(base, [str(noisy)], str(tmp_path / "a"), probe=str(empty))
+  other = tmp_path / "other_model"  # the demo's model with a narrower MLP
+  from neft_jax.models import read_config, save_hf
+  cfg = dataclasses.replace(read_config(base), mlp_dim=96)
+  save_hf(Transformer(cfg, rngs=nnx.Rngs(params=jax.random.key(0))), str(other))
+  with pytest.raises(UserError, match=r"tensor layers\.mlp\.down\.kernel has shape"):
+    analyze.analyze(base, [str(other)], str(tmp_path / "b"))
+  result = subprocess.run(  # a missing step, through the command line
+      [sys.executable, "-m", "neft_jax.analyze", f"--base={base}", f"--tuned={noisy}",
+       "--step=5", f"--out={tmp_path / 'c'}"], capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 1, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "no checkpoint for step 5" in errors[0], result.stderr

@@ -7,7 +7,7 @@ import sys
 import neft_jax
 
 COMMAND_LINES = {"neft_jax.train", "neft_jax.evaluate", "neft_jax.export", "neft_jax.fisher",
-                 "neft_jax.data.corrupt"}
+                 "neft_jax.data.corrupt", "neft_jax.analyze"}
 
 
 def test_no_module_imports_a_command_line():

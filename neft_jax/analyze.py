@@ -1,0 +1,191 @@
+"""What did fine-tuning change? A base model against tuned ones, layer by layer.
+
+    python -m neft_jax.analyze --base=A --tuned=B [--tuned=C ...] --out=DIR \\
+        [--probe=DATA] [--step=N] [--max_examples=256] [--max_tokens=4096] \\
+        [--config=configs/x.py] [--debiased] [--seed=0]
+
+A, B, C are Hugging Face folders or hub ids, or training run workdirs (their
+latest checkpoint, or --step). DATA is instruction records (each the text of
+its prompt, in the run's template, and its output) or any text source the
+project reads (`neft_jax.data.text`); without --probe, the run's held-out
+split. Up to --max_examples examples are used; CKA uses --max_tokens of their
+real tokens, sampled by --seed. Every model runs on the same tokens, batch by
+batch (`neft_jax.analysis.compare`).
+
+The config (data template, max_length, batch size, mesh) is --config, else the
+config.json of the first run workdir among --base and --tuned, else the
+defaults. Each run workdir is read with its own config.json (or --config).
+
+Writes into DIR analysis.json, analysis.csv (model, layer, module, head,
+metric, value), analysis.md and weight_change.png, cka_by_layer.png,
+attention_js.png (`neft_jax.analysis.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+from flax import nnx
+from ml_collections import config_flags
+
+from neft_jax import cli, defaults, run, sharding
+from neft_jax.analysis.compare import BASE, compare
+from neft_jax.analysis.report import write_report
+from neft_jax.analysis.weights import check_same_architecture, flat_parameters
+from neft_jax.data import pipeline, sources, text
+from neft_jax.data.tokenize import start_token
+from neft_jax.errors import UserError
+from neft_jax.models import load_hf
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so importing is free)."""
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
+                                  "first run workdir's config.json.", lock_config=True)
+  flags.DEFINE_string("base", None, "The base model: a Hugging Face folder or hub id, or a run "
+                      "workdir.")
+  flags.DEFINE_multi_string("tuned", [], "A tuned model (repeat the flag for several): a Hugging "
+                            "Face folder or hub id, or a run workdir.")
+  flags.DEFINE_string("probe", None, "Probe data: instruction records or text; default: the "
+                      "run's held-out split.")
+  flags.DEFINE_string("out", None, "Output folder.")
+  flags.DEFINE_integer("step", None, "Checkpoint step of the run workdirs (default: the latest).")
+  flags.DEFINE_integer("max_examples", 256, "Probe examples used at most.")
+  flags.DEFINE_integer("max_tokens", 4096, "Real tokens sampled for CKA at most.")
+  flags.DEFINE_bool("debiased", False, "Debiased (unbiased-HSIC) CKA.")
+  flags.DEFINE_integer("seed", 0, "Seed of the probe subsample and of the CKA token sample.")
+  flags.mark_flags_as_required(["base", "tuned", "out"])
+
+
+def is_run(path: str) -> bool:
+  """A training run's workdir (checkpoints, or our config.json), not a Hugging Face folder."""
+  folder = run.folder(path)
+  if run.checkpoints_dir(folder).is_dir():
+    return True
+  config_file = folder / run.CONFIG_FILE
+  if not config_file.exists():
+    return False
+  try:
+    content = json.loads(config_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return False
+  return isinstance(content, dict) and "train" in content and "model" in content
+
+
+def load_model(path: str, config: ml_collections.ConfigDict | None, mesh, rules, step):
+  """(model, label): a run workdir's model at `step` (with its own config.json
+  unless --config), or a Hugging Face folder's."""
+  if is_run(path):
+    model, step = run.trained_model(path, run.load_config(path, config), mesh, rules, step)
+    return model, f"{path} (step {step})"
+  config = config or defaults.base()
+  return load_hf(path, mesh=mesh, rules=rules, param_dtype=config.model.param_dtype,
+                 dtype=config.model.dtype, attention=config.model.attention), path
+
+
+def display_names(paths: list[str]) -> list[str]:
+  """Short distinct names of the tuned models: their folder names."""
+  names = []
+  for path in paths:
+    name = os.path.basename(os.path.normpath(path)) or path
+    if name == BASE:
+      name = "tuned_base"
+    candidate, number = name, 2
+    while candidate in names:
+      candidate, number = f"{name}_{number}", number + 1
+    names.append(candidate)
+  return names
+
+
+def probe_examples(probe: str | None, config, workdir, tokenizer, bos, max_examples: int, seed: int,
+                   max_length: int) -> tuple[list[np.ndarray], str]:
+  """(token ids per example, where they come from)."""
+  if probe:
+    fields = config.data.fields
+    try:
+      documents = text.load_documents(
+          probe, text_field=fields.get("text", "text"), template=config.data.template,
+          fields=sources.Fields(instruction=fields.instruction, input=fields.input,
+                                output=fields.output), tokenizer=tokenizer, config_key="--probe")
+    except UserError as e:
+      if "with no text" in str(e):
+        raise UserError(f"--probe={probe}: the probe set is empty; give a file with at least one "
+                        "non-blank record or line") from None
+      raise
+    tokenized = text.tokenize_documents(documents, tokenizer, max_length=max_length,
+                                        num_examples=max_examples, bos=bos, seed=seed)
+    return tokenized.input_ids, probe
+  data_config = run.data_config(config, workdir or "")
+  if not (data_config.eval_path or data_config.test_path or data_config.eval_size
+          or data_config.test_size):
+    raise UserError("no --probe and the config has no held-out split: give --probe data")
+  data = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
+  split = "eval" if len(data.eval) else "test"
+  return getattr(data, split).input_ids[:max_examples], f"the held-out {split} split"
+
+
+def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=None, step=None,
+            max_examples=256, max_tokens=4096, debiased=False, seed=0) -> dict:
+  """Runs the analysis; returns analysis.json's content (see the module's doc)."""
+  if not tuned:
+    raise UserError("give at least one --tuned model to compare with --base")
+  if max_examples < 1 or max_tokens < 1:
+    raise UserError(f"--max_examples={max_examples} and --max_tokens={max_tokens} must be at "
+                    "least 1")
+  runs = [path for path in [base, *tuned] if is_run(path)]
+  main_config = config or (run.load_config(runs[0]) if runs else defaults.base())
+  mesh, rules = sharding.mesh_from_config(main_config)
+  base_model, base_label = load_model(base, config, mesh, rules, step)
+  names = display_names(tuned)
+  tuned_models, labels = {}, {}
+  for name, path in zip(names, tuned):
+    tuned_models[name], labels[name] = load_model(path, config, mesh, rules, step)
+  base_params = flat_parameters(nnx.state(base_model, nnx.Param))
+  for model in tuned_models.values():  # before reading the probe: names the first mismatch
+    check_same_architecture(base_params, flat_parameters(nnx.state(model, nnx.Param)))
+
+  if is_run(base):
+    tokenizer_path, key = run.tokenizer_path(run.load_config(base, config), run.folder(base))
+  elif main_config.model.tokenizer:
+    tokenizer_path, key = run.resolve(main_config.model.tokenizer, runs[0] if runs else ""), (
+        "model.tokenizer")
+  else:
+    tokenizer_path, key = base, "--base"
+  tokenizer = pipeline.load_tokenizer(tokenizer_path, key)
+  bos = start_token(base_model.config, tokenizer)
+  max_length = min(main_config.data.max_length, base_model.config.max_positions)
+  examples, source = probe_examples(probe, main_config, runs[0] if runs else None, tokenizer, bos,
+                                    max_examples, seed, max_length)
+
+  layout_rows = main_config.train.batch_size // main_config.train.grad_accum_steps
+  batch_sharding = sharding.batch_sharding(mesh, rules, 0)
+  with sharding.activation_rules(mesh, rules):
+    comparison = compare(base_model, tuned_models, examples, rows=layout_rows,
+                         max_tokens=max_tokens, seed=seed, debiased=debiased,
+                         to_global=lambda batch: sharding.global_batch(batch, batch_sharding))
+  about = {"base": base_label, "tuned": labels, "probe": source, "seed": seed,
+           "max_examples": max_examples, "max_tokens": max_tokens}
+  if jax.process_index() != 0:
+    return {}
+  paths = write_report(comparison, out_dir, about)
+  with open(paths[2], encoding="utf-8") as f:
+    print(f.read())
+  print(f"wrote {', '.join(os.path.basename(p) for p in paths)} to {out_dir}")
+  with open(paths[0], encoding="utf-8") as f:
+    return json.load(f)
+
+
+def main(FLAGS) -> None:
+  cli.log_to(os.path.join(FLAGS.out, "analyze.log"))
+  analyze(FLAGS.base, FLAGS.tuned, FLAGS.out, config=FLAGS.config, probe=FLAGS.probe,
+          step=FLAGS.step, max_examples=FLAGS.max_examples, max_tokens=FLAGS.max_tokens,
+          debiased=FLAGS.debiased, seed=FLAGS.seed)
+
+
+if __name__ == "__main__":
+  cli.run(main, define_flags)
