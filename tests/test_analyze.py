@@ -4,20 +4,25 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from neft_jax.analysis.compare import cka_sample, compare
 from neft_jax.errors import UserError
-from neft_jax.models import ModelConfig, Transformer
+from neft_jax.models import ModelConfig, hf_io
 
 TINY = ModelConfig(family="llama", vocab_size=64, embed_dim=32, num_layers=4, num_heads=4,
                    num_kv_heads=2, head_dim=8, mlp_dim=64, max_positions=64)
 
 
 def tiny_model(seed=0, cfg=TINY):
-  return Transformer(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
+  """A decoder whose every weight is drawn from N(0, 0.2^2) (numpy: no init to compile)."""
+  graphdef, abstract = hf_io.abstract_model(cfg)
+  rng = np.random.default_rng(seed)
+  return nnx.merge(graphdef, jax.tree.map(
+      lambda a: jnp.asarray(rng.normal(0.0, 0.2, a.shape).astype(a.dtype)), abstract))
 
 
 def probe_examples(count=6, seed=0):
@@ -55,6 +60,10 @@ def test_only_one_blocks_mlp_changed_shows_from_that_block_on():
                              result.attention["tuned"]["entropy_tuned"][:k + 1], atol=1e-5)
   np.testing.assert_allclose(result.cka_to_last["base"][-1], 1.0, atol=1e-6)
   assert result.cka_tokens == 50 and result.examples == 6
+  debiased = compare(base, {"tuned": tuned}, probe_examples(), rows=4, max_tokens=50, seed=3,
+                     debiased=True).cka_base["tuned"]
+  np.testing.assert_allclose(debiased[:k + 1], 1.0, atol=1e-5)
+  assert np.all(debiased[k + 1:] < 1 - 1e-3) and not np.allclose(debiased, cka), debiased
 
 
 def test_cka_sample_is_seeded_and_exact_in_size():
@@ -133,7 +142,7 @@ def test_cli_bad_input_is_one_error_line(demo_assets, shrunk_run, tmp_path):
   other = tmp_path / "other_model"  # the demo's model with a narrower MLP
   from neft_jax.models import read_config, save_hf
   cfg = dataclasses.replace(read_config(base), mlp_dim=96)
-  save_hf(Transformer(cfg, rngs=nnx.Rngs(params=jax.random.key(0))), str(other))
+  save_hf(tiny_model(cfg=cfg), str(other))
   with pytest.raises(UserError, match=r"tensor layers\.mlp\.down\.kernel has shape"):
     analyze.analyze(base, [str(other)], str(tmp_path / "b"))
   result = subprocess.run(  # a missing step, through the command line
