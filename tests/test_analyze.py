@@ -11,7 +11,7 @@ from flax import nnx
 
 from neft_jax.analysis.compare import cka_sample, compare
 from neft_jax.errors import UserError
-from neft_jax.models import ModelConfig, hf_io
+from neft_jax.models import ModelConfig, hf_io, read_config
 
 TINY = ModelConfig(family="llama", vocab_size=64, embed_dim=32, num_layers=4, num_heads=4,
                    num_kv_heads=2, head_dim=8, mlp_dim=64, max_positions=64)
@@ -140,7 +140,7 @@ def test_cli_bad_input_is_one_error_line(demo_assets, shrunk_run, tmp_path):
   with pytest.raises(UserError, match="probe set is empty"):
     analyze.analyze(base, [str(noisy)], str(tmp_path / "a"), probe=str(empty))
   other = tmp_path / "other_model"  # the demo's model with a narrower MLP
-  from neft_jax.models import read_config, save_hf
+  from neft_jax.models import save_hf
   cfg = dataclasses.replace(read_config(base), mlp_dim=96)
   save_hf(tiny_model(cfg=cfg), str(other))
   with pytest.raises(UserError, match=r"tensor layers\.mlp\.down\.kernel has shape"):
@@ -152,3 +152,23 @@ def test_cli_bad_input_is_one_error_line(demo_assets, shrunk_run, tmp_path):
   assert result.returncode == 1, result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "no checkpoint for step 5" in errors[0], result.stderr
+
+
+def test_probe_data_is_text_or_instruction_records(demo_assets, shrunk_run, tmp_path):
+  from neft_jax import analyze, run
+  from neft_jax.data import pipeline
+  from neft_jax.data.tokenize import start_token
+  noisy, _ = shrunk_run
+  config = run.load_config(noisy)
+  tokenizer = pipeline.load_tokenizer(os.path.join(demo_assets, "model"))
+  bos = start_token(read_config(os.path.join(demo_assets, "model")), tokenizer)
+  lines = tmp_path / "probe.txt"
+  lines.write_text("sort the letters of cab\n\nreverse the word stone\nadd 2 and 3\n")
+  examples, source = analyze.probe_examples(str(lines), config, noisy, tokenizer, bos,
+                                            max_examples=8, seed=0, max_length=128)
+  assert source == str(lines) and len(examples) == 3  # the blank line is skipped
+  assert all(ids[0] == bos and len(ids) > 2 for ids in examples)
+  records = os.path.join(demo_assets, "data", "eval.json")  # instruction records
+  examples, _ = analyze.probe_examples(records, config, noisy, tokenizer, bos, max_examples=5,
+                                       seed=0, max_length=16)
+  assert len(examples) == 5 and max(len(ids) for ids in examples) == 16
