@@ -18,7 +18,10 @@ defaults. Each run workdir is read with its own config.json (or --config).
 
 Writes into DIR analysis.json, analysis.csv (model, layer, module, head,
 metric, value), analysis.md and weight_change.png, cka_by_layer.png,
-attention_js.png (`neft_jax.analysis.report`).
+attention_js.png (`neft_jax.analysis.report`). With --probe_labels, on
+classification data (the text and label rows of --probe, or the run's held-out
+split), also a linear probe's held-out accuracy on every layer's mean hidden
+state of the prompt, for every model (probe_accuracy.png).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from neft_jax import cli, defaults, run, sharding
+from neft_jax import classify, cli, defaults, run, sharding
 from neft_jax.analysis.compare import BASE, compare
 from neft_jax.analysis.report import write_report
 from neft_jax.analysis.weights import check_same_architecture, flat_parameters
-from neft_jax.data import pipeline, sources, text
-from neft_jax.data.tokenize import start_token
+from neft_jax.config_check import names
+from neft_jax.data import pipeline, sources, templates, text
+from neft_jax.data.tokenize import encode_prompts, start_token
 from neft_jax.errors import UserError
 from neft_jax.models import load_hf
 
@@ -58,7 +62,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_examples", 256, "Probe examples used at most.")
   flags.DEFINE_integer("max_tokens", 4096, "Real tokens sampled for CKA at most.")
   flags.DEFINE_bool("debiased", False, "Debiased (unbiased-HSIC) CKA.")
-  flags.DEFINE_integer("seed", 0, "Seed of the probe subsample and of the CKA token sample.")
+  flags.DEFINE_integer("seed", 0, "Seed of the probe subsample, the CKA token sample and the "
+                       "task probes' split.")
+  flags.DEFINE_bool("probe_labels", False, "Also a linear task probe per layer: needs "
+                    "classification data (data.format='classification', data.labels).")
   flags.mark_flags_as_required(["base", "tuned", "out"])
 
 
@@ -129,8 +136,37 @@ def probe_examples(probe: str | None, config, workdir, tokenizer, bos, max_examp
   return getattr(data, split).input_ids[:max_examples], f"the held-out {split} split"
 
 
+def labeled_probe(probe: str | None, config, workdir, tokenizer, bos, max_examples: int, seed: int,
+                  max_length: int) -> tuple[list[np.ndarray], np.ndarray, str]:
+  """(prompt token ids per example, label index per example, where they come from)
+  of classification records: the prompt holds the text, never the label."""
+  data = run.data_config(config, workdir or "")
+  labels = names(data.labels)
+  if data.format != "classification" or len(labels) < 2:
+    raise UserError("--probe_labels needs data with labels: a config (the run's, or --config) "
+                    "with data.format='classification' and data.labels, and --probe rows with a "
+                    "text and a label (or the run's held-out split)")
+  if probe:
+    records = sources.load_classification(probe, labels=labels, instruction=data.instruction,
+                                          config_key="--probe", text_field=data.fields.text,
+                                          label_field=data.fields.label)
+    source = probe
+  else:
+    held_out = pipeline.split_records(data).records
+    split = "eval" if held_out.get("eval") else "test"
+    records, source = held_out.get(split, []), f"the held-out {split} split"
+  if len(records) > max_examples:
+    chosen = np.sort(np.random.default_rng([seed, 11]).permutation(len(records))[:max_examples])
+    records = [records[i] for i in chosen]
+  prompts = [templates.prompt(r, data.template, tokenizer) for r in records]
+  examples = [np.asarray(ids[:max_length], np.int32)
+              for ids in encode_prompts(tokenizer, prompts, bos)]
+  return examples, classify.targets(records, labels), source
+
+
 def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=None, step=None,
-            max_examples=256, max_tokens=4096, debiased=False, seed=0) -> dict:
+            max_examples=256, max_tokens=4096, debiased=False, seed=0,
+            probe_labels=False) -> dict:
   """Runs the analysis; returns analysis.json's content (see the module's doc)."""
   if not tuned:
     raise UserError("give at least one --tuned model to compare with --base")
@@ -159,15 +195,21 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
   tokenizer = pipeline.load_tokenizer(tokenizer_path, key)
   bos = start_token(base_model.config, tokenizer)
   max_length = min(main_config.data.max_length, base_model.config.max_positions)
-  examples, source = probe_examples(probe, main_config, runs[0] if runs else None, tokenizer, bos,
-                                    max_examples, seed, max_length)
+  probe_args = (probe, main_config, runs[0] if runs else None, tokenizer, bos, max_examples, seed,
+                max_length)
+  labels = None
+  if probe_labels:
+    examples, labels, source = labeled_probe(*probe_args)
+  else:
+    examples, source = probe_examples(*probe_args)
 
   layout_rows = main_config.train.batch_size // main_config.train.grad_accum_steps
   batch_sharding = sharding.batch_sharding(mesh, rules, 0)
   with sharding.activation_rules(mesh, rules):
     comparison = compare(base_model, tuned_models, examples, rows=layout_rows,
                          max_tokens=max_tokens, seed=seed, debiased=debiased,
-                         to_global=lambda batch: sharding.global_batch(batch, batch_sharding))
+                         to_global=lambda batch: sharding.global_batch(batch, batch_sharding),
+                         labels=labels)
   about = {"base": base_label, "tuned": labels, "probe": source, "seed": seed,
            "max_examples": max_examples, "max_tokens": max_tokens}
   if jax.process_index() != 0:
@@ -184,7 +226,7 @@ def main(FLAGS) -> None:
   cli.log_to(os.path.join(FLAGS.out, "analyze.log"))
   analyze(FLAGS.base, FLAGS.tuned, FLAGS.out, config=FLAGS.config, probe=FLAGS.probe,
           step=FLAGS.step, max_examples=FLAGS.max_examples, max_tokens=FLAGS.max_tokens,
-          debiased=FLAGS.debiased, seed=FLAGS.seed)
+          debiased=FLAGS.debiased, seed=FLAGS.seed, probe_labels=FLAGS.probe_labels)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_only_one_blocks_mlp_changed_shows_from_that_block_on():
   changed = {key for key, change in weights.tensors.items() if change.relative > 0}
   assert changed == {("layers.mlp.down.kernel", k)}
   assert weights.blocks[("mlp", k)].relative > 0 and weights.blocks[("attention", k)].relative == 0
-  cka = result.cka_base["tuned"]  # hidden entry i is block i's input: block k's output is entry k + 1
+  cka = result.cka_base["tuned"]  # hidden entry i is block i's input; block k's output: entry k + 1
   np.testing.assert_allclose(cka[:k + 1], 1.0, atol=1e-5)
   assert np.all(cka[k + 1:] < 1 - 1e-3), cka
   js = result.attention["tuned"]["js"]  # [layers, heads]: block k's attention precedes its MLP
@@ -139,6 +139,8 @@ def test_cli_bad_input_is_one_error_line(demo_assets, shrunk_run, tmp_path):
   empty.write_text("[]")
   with pytest.raises(UserError, match="probe set is empty"):
     analyze.analyze(base, [str(noisy)], str(tmp_path / "a"), probe=str(empty))
+  with pytest.raises(UserError, match="--probe_labels needs data with labels"):  # instruction data
+    analyze.analyze(base, [str(noisy)], str(tmp_path / "a"), probe_labels=True)
   other = tmp_path / "other_model"  # the demo's model with a narrower MLP
   from neft_jax.models import save_hf
   cfg = dataclasses.replace(read_config(base), mlp_dim=96)
@@ -172,3 +174,40 @@ def test_probe_data_is_text_or_instruction_records(demo_assets, shrunk_run, tmp_
   examples, _ = analyze.probe_examples(records, config, noisy, tokenizer, bos, max_examples=5,
                                        seed=0, max_length=16)
   assert len(examples) == 5 and max(len(ids) for ids in examples) == 16
+  labelled = tmp_path / "labelled.csv"  # classification rows: the prompt holds the text only
+  labelled.write_text("text,label\ngood film,positive\ndull plot,negative\nfine cast,1\n")
+  classification = config.copy_and_resolve_references()
+  with classification.unlocked():
+    classification.data.format, classification.data.labels = "classification", ("negative", "positive")
+  examples, labels, _ = analyze.labeled_probe(str(labelled), classification, noisy, tokenizer, bos,
+                                              max_examples=8, seed=0, max_length=128)
+  assert labels.tolist() == [1, 0, 1] and len(examples) == 3
+  prompt = tokenizer.decode(examples[0])  # ends where the label would begin
+  assert "good film" in prompt and prompt.rstrip().endswith("### Response:"), prompt
+
+
+def test_linear_probe_reads_a_planted_label_and_not_noise():
+  from neft_jax.analysis.probes import probe_accuracy
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=120)
+  features = rng.normal(size=(120, 10))
+  features[np.arange(120), labels] += 3.0  # each label along its own direction
+  assert probe_accuracy(features, labels, seed=1) > 0.9
+  assert probe_accuracy(rng.normal(size=(120, 10)), labels, seed=1) < 0.6  # chance is 1/3
+  with pytest.raises(UserError, match="at least 2 labels"):
+    probe_accuracy(features, np.zeros(120, int))
+
+
+def test_probes_per_layer_of_every_model(tmp_path):
+  from neft_jax.analysis.report import write_report
+  base = tiny_model()
+  examples = probe_examples(count=12)
+  labels = np.array([int(ids[0] >= TINY.vocab_size // 2) for ids in examples])
+  result = compare(base, {"tuned": tiny_model(1)}, examples, rows=4, max_tokens=50, labels=labels)
+  assert set(result.probe_accuracy) == {"base", "tuned"}
+  for accuracy in result.probe_accuracy.values():
+    assert accuracy.shape == (TINY.num_layers + 1,) and np.all((0 <= accuracy) & (accuracy <= 1))
+  paths = write_report(result, str(tmp_path), {"base": "random", "tuned": {"tuned": "random"}})
+  assert os.path.join(str(tmp_path), "probe_accuracy.png") in paths
+  table = (tmp_path / "analysis.csv").read_text().splitlines()
+  assert sum(",probe_accuracy," in line for line in table) == 2 * (TINY.num_layers + 1)

@@ -9,13 +9,14 @@ runs on each batch in lockstep: one jitted step computes each model's
 intermediates (`Transformer.intermediates`) and reduces the attention
 probabilities at once, base against each tuned model, to per-head JS
 divergence and entropy sums (`attention_divergence`, vmapped over layers). Only
-the hidden states of the tokens sampled for CKA leave the step, into one
-`CKATable`; no batch's probabilities outlive the step.
+the hidden states of the tokens sampled for CKA (and the pooled states) leave
+the step, into one `CKATable`; no batch's probabilities outlive the step.
 
 CKA pairs, per hidden-state entry l (see below): base l against each tuned
-model's l, and each model's l against its own last entry. The tokens CKA uses are chosen up front, by `seed`, from the
-examples' real-token counts (`cka_sample`), so the sample does not depend on
-the batching.
+model's l, and each model's l against its own last entry; with `labels`, each
+model's mean hidden state per example and layer, for the task probes. The tokens
+CKA uses are chosen up front, by `seed`, from the examples' real-token counts
+(`cka_sample`), so the sample does not depend on the batching.
 
 Index conventions: hidden-state entry i (0 <= i <= layers) is the input of block
 i, i.e. the output of block i - 1 (entry 0: the embeddings; the last entry: the
@@ -36,6 +37,7 @@ from flax import nnx
 
 from neft_jax.analysis.attention import AttentionStats, attention_divergence
 from neft_jax.analysis.cka import CKATable
+from neft_jax.analysis.probes import layer_probe_accuracy
 from neft_jax.analysis.weights import WeightChange, weight_change
 from neft_jax.errors import UserError
 
@@ -52,6 +54,8 @@ class Comparison:
                           (model: "base" or a tuned name)
     attention[name]:      {"js", "entropy_base", "entropy_tuned"}: [layers, heads] means
                           over real query positions, nats
+    probe_accuracy[model]: [layers + 1] held-out accuracy of a linear probe on each hidden
+                          entry's mean over the example's real tokens (with `labels`; else {})
   """
   names: tuple[str, ...]
   num_layers: int
@@ -64,6 +68,7 @@ class Comparison:
   cka_base: dict[str, np.ndarray]
   cka_to_last: dict[str, np.ndarray]
   attention: dict[str, dict[str, np.ndarray]]
+  probe_accuracy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def cka_sample(lengths, max_tokens: int, seed: int) -> list[np.ndarray]:
@@ -81,19 +86,23 @@ def cka_sample(lengths, max_tokens: int, seed: int) -> list[np.ndarray]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_step(graphdefs, params, input_ids_bt, attention_mask_bt):
-  """Every model's hidden states [layers + 1, batch, length, embed] and, for each
-  tuned model, its AttentionStats against the base ([layers, heads] sums)."""
-  hidden, stats, base_probs_lbnts = [], [], None
+  """Every model's hidden states [layers + 1, batch, length, embed] and their
+  means over each row's real tokens [layers + 1, batch, embed]; for each tuned
+  model, its AttentionStats against the base ([layers, heads] sums)."""
+  hidden, pooled, stats, base_probs_lbnts = [], [], [], None
+  real_bt = attention_mask_bt.astype(jnp.float32)
+  count_b = jnp.maximum(real_bt.sum(axis=1), 1.0)
   for graphdef, model_params in zip(graphdefs, params):
     model = nnx.merge(graphdef, model_params)
     hidden_lbtd, probs_lbnts = model.intermediates(input_ids_bt, attention_mask_bt)
     hidden.append(hidden_lbtd)
+    pooled.append(jnp.einsum("lbtd,bt->lbd", hidden_lbtd, real_bt) / count_b[:, None])
     if base_probs_lbnts is None:
       base_probs_lbnts = probs_lbnts
     else:
       stats.append(jax.vmap(attention_divergence, in_axes=(0, 0, None))(
           base_probs_lbnts, probs_lbnts, attention_mask_bt))
-  return hidden, stats
+  return hidden, pooled, stats
 
 
 def _batches(examples, masks, rows: int, length: int):
@@ -103,22 +112,29 @@ def _batches(examples, masks, rows: int, length: int):
     input_ids = np.zeros((rows, length), np.int32)
     real = np.zeros((rows, length), bool)
     sample = np.zeros((rows, length), bool)
-    for row, (ids, chosen) in enumerate(zip(examples[start:start + rows], masks[start:start + rows])):
+    chunk = zip(examples[start:start + rows], masks[start:start + rows])
+    for row, (ids, chosen) in enumerate(chunk):
       input_ids[row, :len(ids)], real[row, :len(ids)], sample[row, :len(ids)] = ids, True, chosen
     yield input_ids, real, sample
 
 
 def compare(base, tuned: dict, examples, *, rows: int = 8, max_tokens: int = 4096, seed: int = 0,
-            debiased: bool = False, to_global=None) -> Comparison:
+            debiased: bool = False, to_global=None, labels=None) -> Comparison:
   """The base Transformer against every tuned one ({name: Transformer}) on the
   probe `examples` (token id arrays); see the module's doc. `to_global` places a
-  batch {input_ids, attention_mask} on the mesh (None: as it comes)."""
+  batch {input_ids, attention_mask} on the mesh (None: as it comes). `labels`
+  (int, one per example): also a linear probe's accuracy per layer and model
+  (`neft_jax.analysis.probes`)."""
   names = tuple(tuned)
   if BASE in names:
     raise UserError(f"a tuned model may not be called {BASE!r}: that name is the base model's")
   base_params = nnx.state(base, nnx.Param)
   weights = {name: weight_change(base_params, nnx.state(model, nnx.Param))
              for name, model in tuned.items()}  # UserError: the first mismatching tensor
+  if labels is not None:
+    if len(labels) != len(examples):
+      raise ValueError(f"{len(labels)} labels for {len(examples)} examples")
+    labels = np.asarray([label for label, ids in zip(labels, examples) if len(ids)], np.int64)
   examples = [np.asarray(ids, np.int32) for ids in examples if len(ids)]
   if not examples:
     raise UserError("the probe set is empty: give --probe data with at least one non-empty "
@@ -136,11 +152,17 @@ def compare(base, tuned: dict, examples, *, rows: int = 8, max_tokens: int = 409
   graphdefs, params = zip(*(nnx.split(model) for model in models.values()))
   attention_sums: list[AttentionStats | None] = [None] * len(names)
   length = max(len(ids) for ids in examples)
+  pooled_rows: list[list[np.ndarray]] = [[] for _ in models]
   for input_ids, real, sample in _batches(examples, masks, rows, length):
     batch = {"input_ids": input_ids, "attention_mask": real}
     if to_global is not None:
       batch = to_global(batch)
-    hidden, stats = _batch_step(graphdefs, params, batch["input_ids"], batch["attention_mask"])
+    hidden, pooled, stats = _batch_step(graphdefs, params, batch["input_ids"],
+                                        batch["attention_mask"])
+    if labels is not None:
+      filled = real.any(axis=1)  # rows holding an example (not the last batch's filling)
+      for rows_of_model, pooled_lbd in zip(pooled_rows, pooled):
+        rows_of_model.append(np.asarray(pooled_lbd)[:, filled])
     if sample.any():
       features = {}
       for model, hidden_lbtd in zip(models, hidden):
@@ -157,6 +179,11 @@ def compare(base, tuned: dict, examples, *, rows: int = 8, max_tokens: int = 409
     means = total.means()
     attention[name] = {"js": means["js"], "entropy_base": means["entropy_p"],
                        "entropy_tuned": means["entropy_q"]}
+  probe_accuracy = {}
+  if labels is not None:
+    for model, rows_of_model in zip(models, pooled_rows):
+      probe_accuracy[model] = layer_probe_accuracy(np.concatenate(rows_of_model, axis=1), labels,
+                                                   seed)
   return Comparison(names, cfg.num_layers, cfg.num_heads, len(examples),
                     int(sum(len(ids) for ids in examples)), cka_tokens, debiased, weights, cka_base,
-                    cka_to_last, attention)
+                    cka_to_last, attention, probe_accuracy)

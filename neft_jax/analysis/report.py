@@ -14,10 +14,13 @@ metric, value):
     last entry); layer 0 is the embeddings, the last the final-normed output.
   * attention: module "attention", a head, metric js (base vs tuned),
     entropy_base, entropy_tuned (nats); layer the block index.
+  * task probes (with labels): module "hidden", metric probe_accuracy, for the
+    base too; layer a hidden entry.
 
 Figures: weight_change.png (layers x module kind, one panel per tuned model),
 cka_by_layer.png (one line per tuned model), attention_js.png (layers x heads,
-one panel per tuned model). matplotlib is imported only to draw them.
+one panel per tuned model), and with labels probe_accuracy.png (one line per
+model). matplotlib is imported only to draw them.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def rows(comparison: Comparison) -> list[dict]:
   for model, values in comparison.cka_to_last.items():
     for layer, value in enumerate(values):
       add(model, layer, "hidden", None, "cka_to_last", value)
+  for model, values in comparison.probe_accuracy.items():
+    for layer, value in enumerate(values):
+      add(model, layer, "hidden", None, "probe_accuracy", value)
   for name in comparison.names:
     for metric, values_lh in comparison.attention[name].items():
       for layer, per_head in enumerate(values_lh):
@@ -104,6 +110,10 @@ def summary(comparison: Comparison) -> dict:
         "attention_js_max_layer": int(np.nanargmax(js_l)) if np.isfinite(js_l).any() else None,
         "attention_js_max": _number(np.nanmax(js_l)) if np.isfinite(js_l).any() else None,
     }
+    if name in comparison.probe_accuracy:
+      accuracy = comparison.probe_accuracy[name]
+      out[name] |= {"probe_accuracy_max_layer": int(np.argmax(accuracy)),
+                    "probe_accuracy_max": _number(accuracy.max())}
   return out
 
 
@@ -129,6 +139,12 @@ def _markdown(comparison: Comparison, about: dict, summaries: dict) -> str:
         f"{s['mlp_weight_change_max_layer']} ({fmt(s['mlp_weight_change_max'])}) | "
         f"{fmt(s['cka_min'])} ({s['cka_min_layer']}) | "
         f"{fmt(s['attention_js_max'])} ({s['attention_js_max_layer']}) |")
+  if comparison.probe_accuracy:
+    lines += ["", "Task probe (linear, on each layer's mean hidden state; held-out accuracy): "
+              + "; ".join(f"{model} best at layer {int(np.argmax(accuracy))} "
+                          f"({fmt(float(accuracy.max()), 3)}), last layer "
+                          f"{fmt(float(accuracy[-1]), 3)}"
+                          for model, accuracy in comparison.probe_accuracy.items()) + "."]
   lines += ["", "Weight change is ||W_tuned - W_base|| / ||W_base||; CKA is linear CKA of the "
             "hidden states over the same tokens (1: the same representation up to rotation and "
             "scale); attention JS is the mean Jensen-Shannon divergence of the two models' "
@@ -178,6 +194,15 @@ def _figures(comparison: Comparison, out_dir: str) -> list[str]:
              yticks=range(comparison.num_layers))
     figure.colorbar(image, ax=axis, label="JS divergence (nats)")
   save(figure, "attention_js.png")
+
+  if comparison.probe_accuracy:
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for model, accuracy in comparison.probe_accuracy.items():
+      axis.plot(range(comparison.num_layers + 1), accuracy, marker="o", label=model)
+    axis.set(xlabel="hidden state (0: embeddings)", ylabel="held-out probe accuracy",
+             title="Task probe by layer", xticks=range(comparison.num_layers + 1))
+    axis.legend()
+    save(figure, "probe_accuracy.png")
   return paths
 
 
@@ -193,12 +218,15 @@ def write_report(comparison: Comparison, out_dir: str, about: dict) -> list[str]
       "cka_tokens": comparison.cka_tokens, "debiased": comparison.debiased,
       "num_layers": comparison.num_layers, "num_heads": comparison.num_heads,
       "summary": summaries,
-      "cka_base": {name: [_number(v) for v in values] for name, values in comparison.cka_base.items()},
+      "cka_base": {name: [_number(v) for v in values]
+                   for name, values in comparison.cka_base.items()},
       "cka_to_last": {name: [_number(v) for v in values]
                       for name, values in comparison.cka_to_last.items()},
       "attention": {name: {metric: [[_number(v) for v in per_head] for per_head in values]
                            for metric, values in metrics.items()}
                     for name, metrics in comparison.attention.items()},
+      "probe_accuracy": {model: [_number(v) for v in values]
+                         for model, values in comparison.probe_accuracy.items()},
       "weights": {name: [{**r, "value": _number(r["value"])} for r in table
                          if r["model"] == name and r["metric"].startswith("weight_")]
                   for name in comparison.names},
