@@ -53,7 +53,7 @@ def define_flags() -> None:
                                   "first run workdir's config.json.", lock_config=True)
   flags.DEFINE_string("base", None, "The base model: a Hugging Face folder or hub id, or a run "
                       "workdir.")
-  flags.DEFINE_multi_string("tuned", [], "A tuned model (repeat the flag for several): a Hugging "
+  flags.DEFINE_multi_string("tuned", None, "A tuned model (repeat the flag for several): a Hugging "
                             "Face folder or hub id, or a run workdir.")
   flags.DEFINE_string("probe", None, "Probe data: instruction records or text; default: the "
                       "run's held-out split.")
