@@ -178,9 +178,9 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
   mesh, rules = sharding.mesh_from_config(main_config)
   base_model, base_label = load_model(base, config, mesh, rules, step)
   names = display_names(tuned)
-  tuned_models, labels = {}, {}
+  tuned_models, tuned_labels = {}, {}
   for name, path in zip(names, tuned):
-    tuned_models[name], labels[name] = load_model(path, config, mesh, rules, step)
+    tuned_models[name], tuned_labels[name] = load_model(path, config, mesh, rules, step)
   base_params = flat_parameters(nnx.state(base_model, nnx.Param))
   for model in tuned_models.values():  # before reading the probe: names the first mismatch
     check_same_architecture(base_params, flat_parameters(nnx.state(model, nnx.Param)))
@@ -210,7 +210,7 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
                          max_tokens=max_tokens, seed=seed, debiased=debiased,
                          to_global=lambda batch: sharding.global_batch(batch, batch_sharding),
                          labels=labels)
-  about = {"base": base_label, "tuned": labels, "probe": source, "seed": seed,
+  about = {"base": base_label, "tuned": tuned_labels, "probe": source, "seed": seed,
            "max_examples": max_examples, "max_tokens": max_tokens}
   if jax.process_index() != 0:
     return {}
