@@ -128,8 +128,7 @@ def probe_examples(probe: str | None, config, workdir, tokenizer, bos, max_examp
                                         num_examples=max_examples, bos=bos, seed=seed)
     return tokenized.input_ids, probe
   data_config = run.data_config(config, workdir or "")
-  if not (data_config.eval_path or data_config.test_path or data_config.eval_size
-          or data_config.test_size):
+  if not pipeline.has_held_out(data_config):
     raise UserError("no --probe and the config has no held-out split: give --probe data")
   data = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
   split = "eval" if len(data.eval) else "test"

@@ -38,6 +38,10 @@ from neft_jax.errors import UserError, one_line_errors
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s] %(message)s"
 _FILE_ONLY = "neft_jax_file_only"  # a record attribute: keep it off the console
+# Library warnings that only restate what neft_jax asked for: kept in the run log, off the console.
+_EXPECTED_WARNINGS = (
+    ("absl", "Given directory is read only"),  # Orbax, on checkpoints opened to read them
+)
 _logger = logging.getLogger(__name__)
 
 
@@ -194,6 +198,9 @@ class _Console(logging.Handler):
 
   def filter(self, record: logging.LogRecord) -> bool:
     if getattr(record, _FILE_ONLY, False):
+      return False
+    if any(record.name == name and str(record.msg).startswith(start)
+           for name, start in _EXPECTED_WARNINGS):
       return False
     return record.levelno >= logging.WARNING or _is_own(record)
 

@@ -102,9 +102,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
   # config has held-out splits: the run's own, with its noise if data.noise.eval.
   data_config = run.data_config(config, workdir or "")
   eval_set = None
-  held_out_data = any((data_config.eval_path, data_config.test_path)) or (
-      data_config.path and (data_config.eval_size or data_config.test_size))
-  if held_out_data:
+  if pipeline.has_held_out(data_config):
     data = pipeline.tokenized_splits(data_config, tokenizer, config.seed, bos=bos)
     eval_set = data.eval
     layout = batching.BatchLayout(config.train.batch_size, config.train.grad_accum_steps,

@@ -79,6 +79,13 @@ class Splits:
     return self.records[split]
 
 
+def has_held_out(config: ml_collections.ConfigDict) -> bool:
+  """Whether data config `config` names an eval or test split (its own data, or a
+  share of data.path)."""
+  return bool(config.eval_path or config.test_path
+              or (config.path and (config.eval_size or config.test_size)))
+
+
 def held_out_count(size: float, total: int) -> int:
   """data.eval_size / data.test_size: a fraction (< 1) of `total`, or a count."""
   return int(round(size * total)) if 0 < size < 1 else int(size)

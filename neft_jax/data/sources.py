@@ -1,7 +1,7 @@
 """Records from a hub dataset or local json / jsonl / csv / parquet files.
 
     load_records(path, split, fields)         instruction records (Record)
-    load_classification(path, split, fields, labels, instruction)
+    load_classification(path, split, labels, instruction, text_field, label_field)
                                                text-and-label rows as Records: the input is
                                                the text, the output the label's name
     load_file(file)                           one local file's rows, every column kept
@@ -223,8 +223,8 @@ def _classification_records(rows, where: str, text_field: str, label_field: str,
   return records
 
 
-def load_classification(path: str, *, split: str = "train", fields: Fields = Fields(),
-                        labels=(), instruction: str = "", config_key: str = "data.path",
+def load_classification(path: str, *, split: str = "train", labels=(), instruction: str = "",
+                        config_key: str = "data.path",
                         text_field: str = "text", label_field: str = "label") -> list[Record]:
   """Text-and-label rows as Records: instruction, input = the text, output = the label's
   name (of `labels`). The rt-polarity release's folder gives its sentences, labelled
