@@ -27,7 +27,9 @@ state of the prompt, for every model (probe_accuracy.png).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 
 import jax
 import ml_collections
@@ -45,6 +47,8 @@ from neft_jax.data import pipeline, sources, templates, text
 from neft_jax.data.tokenize import encode_prompts, start_token
 from neft_jax.errors import UserError
 from neft_jax.models import load_hf
+
+log = logging.getLogger(__name__)
 
 
 def define_flags() -> None:
@@ -175,6 +179,7 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
   runs = [path for path in [base, *tuned] if is_run(path)]
   main_config = config or (run.load_config(runs[0]) if runs else defaults.base())
   mesh, rules = sharding.mesh_from_config(main_config)
+  start = time.perf_counter()
   base_model, base_label = load_model(base, config, mesh, rules, step)
   names = display_names(tuned)
   tuned_models, tuned_labels = {}, {}
@@ -183,6 +188,7 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
   base_params = flat_parameters(nnx.state(base_model, nnx.Param))
   for model in tuned_models.values():  # before reading the probe: names the first mismatch
     check_same_architecture(base_params, flat_parameters(nnx.state(model, nnx.Param)))
+  log.info("analyze: models loaded in %.1f s", time.perf_counter() - start)
 
   if is_run(base):
     tokenizer_path, key = run.tokenizer_path(run.load_config(base, config), run.folder(base))
@@ -203,17 +209,25 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
     examples, source = probe_examples(*probe_args)
 
   layout_rows = main_config.train.batch_size // main_config.train.grad_accum_steps
+  # No more rows than the examples fill (rounded up to the batch's devices): a
+  # last batch of empty rows costs full forward passes and their memory.
+  ways = sharding.split_ways(mesh, rules, "batch")
+  layout_rows = min(layout_rows, -(-len(examples) // ways) * ways)
   batch_sharding = sharding.batch_sharding(mesh, rules, 0)
+  start = time.perf_counter()
   with sharding.activation_rules(mesh, rules):
     comparison = compare(base_model, tuned_models, examples, rows=layout_rows,
                          max_tokens=max_tokens, seed=seed, debiased=debiased,
                          to_global=lambda batch: sharding.global_batch(batch, batch_sharding),
                          labels=labels)
+  log.info("analyze: models compared (forward passes, metrics) in %.1f s", time.perf_counter() - start)
   about = {"base": base_label, "tuned": tuned_labels, "probe": source, "seed": seed,
            "max_examples": max_examples, "max_tokens": max_tokens}
   if jax.process_index() != 0:
     return {}
+  start = time.perf_counter()
   paths = write_report(comparison, out_dir, about)
+  log.info("analyze: report written in %.1f s", time.perf_counter() - start)
   with open(paths[2], encoding="utf-8") as f:
     print(f.read())
   print(f"wrote {', '.join(os.path.basename(p) for p in paths)} to {out_dir}")

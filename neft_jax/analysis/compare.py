@@ -10,7 +10,8 @@ intermediates (`Transformer.intermediates`) and reduces the attention
 probabilities at once, base against each tuned model, to per-head JS
 divergence and entropy sums (`attention_divergence`, vmapped over layers). Only
 the hidden states of the tokens sampled for CKA (and the pooled states) leave
-the step, into one `CKATable`; no batch's probabilities outlive the step.
+the step (gathered there), into one `CKATable`; no batch's probabilities or
+full hidden states outlive the step.
 
 CKA pairs, per hidden-state entry l (see below): base l against each tuned
 model's l, and each model's l against its own last entry; with `labels`, each
@@ -85,24 +86,28 @@ def cka_sample(lengths, max_tokens: int, seed: int) -> list[np.ndarray]:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _batch_step(graphdefs, params, input_ids_bt, attention_mask_bt):
-  """Every model's hidden states [layers + 1, batch, length, embed] and their
-  means over each row's real tokens [layers + 1, batch, embed]; for each tuned
-  model, its AttentionStats against the base ([layers, heads] sums)."""
-  hidden, pooled, stats, base_probs_lbnts = [], [], [], None
+def _batch_step(graphdefs, params, input_ids_bt, attention_mask_bt, sample_k):
+  """Every model's hidden states at the batch's CKA tokens [layers + 1, k, embed]
+  (`sample_k`: their flat indices into [batch * length], padded to a fixed k),
+  and their means over each row's real tokens [layers + 1, batch, embed]; for
+  each tuned model, its AttentionStats against the base ([layers, heads] sums).
+  Gathering the sampled tokens here keeps the full [layers + 1, batch, length,
+  embed] states on the device."""
+  sampled, pooled, stats, base_probs_lbnts = [], [], [], None
   real_bt = attention_mask_bt.astype(jnp.float32)
   count_b = jnp.maximum(real_bt.sum(axis=1), 1.0)
   for graphdef, model_params in zip(graphdefs, params):
     model = nnx.merge(graphdef, model_params)
     hidden_lbtd, probs_lbnts = model.intermediates(input_ids_bt, attention_mask_bt)
-    hidden.append(hidden_lbtd)
+    layers, batch, length, embed = hidden_lbtd.shape
+    sampled.append(hidden_lbtd.reshape(layers, batch * length, embed)[:, sample_k])
     pooled.append(jnp.einsum("lbtd,bt->lbd", hidden_lbtd, real_bt) / count_b[:, None])
     if base_probs_lbnts is None:
       base_probs_lbnts = probs_lbnts
     else:
       stats.append(jax.vmap(attention_divergence, in_axes=(0, 0, None))(
           base_probs_lbnts, probs_lbnts, attention_mask_bt))
-  return hidden, pooled, stats
+  return sampled, pooled, stats
 
 
 def _batches(examples, masks, rows: int, length: int):
@@ -153,20 +158,26 @@ def compare(base, tuned: dict, examples, *, rows: int = 8, max_tokens: int = 409
   attention_sums: list[AttentionStats | None] = [None] * len(names)
   length = max(len(ids) for ids in examples)
   pooled_rows: list[list[np.ndarray]] = [[] for _ in models]
+  # One k for every batch (one compilation): the most CKA tokens a batch holds.
+  sample_size = max(1, max(int(sum(m.sum() for m in masks[start:start + rows]))
+                           for start in range(0, len(masks), rows)))
   for input_ids, real, sample in _batches(examples, masks, rows, length):
     batch = {"input_ids": input_ids, "attention_mask": real}
     if to_global is not None:
       batch = to_global(batch)
-    hidden, pooled, stats = _batch_step(graphdefs, params, batch["input_ids"],
-                                        batch["attention_mask"])
+    chosen_k = np.flatnonzero(sample.reshape(-1))  # row-major, as a boolean index takes them
+    sample_k = np.zeros(sample_size, np.int32)
+    sample_k[:len(chosen_k)] = chosen_k
+    sampled, pooled, stats = _batch_step(graphdefs, params, batch["input_ids"],
+                                         batch["attention_mask"], sample_k)
     if labels is not None:
       filled = real.any(axis=1)  # rows holding an example (not the last batch's filling)
       for rows_of_model, pooled_lbd in zip(pooled_rows, pooled):
         rows_of_model.append(np.asarray(pooled_lbd)[:, filled])
-    if sample.any():
+    if len(chosen_k):
       features = {}
-      for model, hidden_lbtd in zip(models, hidden):
-        chosen_lnd = np.asarray(hidden_lbtd)[:, sample]  # [layers + 1, sampled tokens, embed]
+      for model, sampled_lkd in zip(models, sampled):
+        chosen_lnd = np.asarray(sampled_lkd)[:, :len(chosen_k)]  # [layers + 1, tokens, embed]
         features |= {f"{model}/{l}": chosen_lnd[l] for l in layers}
       table.add(features)
     attention_sums = [s if total is None else total + s for total, s in zip(attention_sums, stats)]
