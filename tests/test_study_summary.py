@@ -193,6 +193,13 @@ def md_row(text, *cells):
   return [cell.strip() for cell in found[0].strip("|").split("|")]
 
 
+def section(text, title):
+  """The markdown from the heading `title` to the next heading."""
+  start = text.index(title + "\n")
+  end = text.find("\n#", start + len(title))
+  return text[start:end if end >= 0 else None]
+
+
 def test_summary_md_arithmetic_by_hand(tmp_path):
   write_table(tmp_path)
   summary.summarize(str(tmp_path), make_study(), draw=False)
@@ -200,35 +207,37 @@ def test_summary_md_arithmetic_by_hand(tmp_path):
   assert "5 of 6 cells finished" in text
   assert "Missing (not finished): other/seed1." in text
 
+  per_condition = section(text, "## Per condition")
   # Per condition: control eval_loss 2.0, 2.2 -> mean 2.1, sample std sqrt(0.02) = 0.1414.
-  assert md_row(text, "eval_loss") == ["eval_loss", "2.1 ± 0.1414 (n=2)", "1.7 ± 0.1414 (n=2)",
+  assert md_row(per_condition, "eval_loss") == ["eval_loss", "2.1 ± 0.1414 (n=2)", "1.7 ± 0.1414 (n=2)",
                                        "2 ± n/a (n=1)"]
   # accuracy 0.5, 0.25 -> 0.375 ± 0.1768; 0.75, 1.0 -> 0.875 ± 0.1768; other from its examples.
-  assert md_row(text, "test_accuracy") == ["test_accuracy", "0.375 ± 0.1768 (n=2)",
+  assert md_row(per_condition, "test_accuracy") == ["test_accuracy", "0.375 ± 0.1768 (n=2)",
                                            "0.875 ± 0.1768 (n=2)", "0.5 ± n/a (n=1)"]
-  assert md_row(text, "extra") == ["extra", "—", "3 ± n/a (n=1)", "—"]
+  assert md_row(per_condition, "extra") == ["extra", "—", "3 ± n/a (n=1)", "—"]
 
   # noisy - control eval_loss: paired differences -0.2 and -0.6; the seed resamples
   # have means -0.6 (1/4), -0.4 (1/2), -0.2 (1/4): interval [-0.6, -0.2], negative.
-  assert md_row(text, "noisy vs control", "eval_loss") == [
-      "noisy vs control", "eval_loss", "2", "-0.4", "[-0.6, -0.2]", "seeds", "negative"]
+  noisy, other, named = (section(text, title) for title in (
+      "### noisy vs control: a = noisy, b = control", "### other vs control: a = other, b = control",
+      "### noisy_vs_other: a = noisy, b = other"))
+  assert md_row(noisy, "eval_loss") == ["eval_loss", "2", "-0.4", "[-0.6, -0.2]", "2 seeds",
+                                        "negative"]
   # noisy - control accuracy, per example: differences (0,1,0,0) and (0,1,1,1), mean 4/8.
   difference, low, high = reference_bootstrap(
       [[1, 1, 1, 0], [1, 1, 1, 1]], [[1, 0, 1, 0], [1, 0, 0, 0]], 2000, 0, 0.95)
   assert difference == 0.5
-  row = md_row(text, "noisy vs control", "test_accuracy")
-  assert row == ["noisy vs control", "test_accuracy", "2", "0.5", f"[{low:.4g}, {high:.4g}]",
-                 "seeds × 4 examples", stats.verdict(low, high)]
+  assert md_row(noisy, "test_accuracy") == ["test_accuracy", "2", "0.5",
+                                            f"[{low:.4g}, {high:.4g}]", "2 seeds × 4 examples",
+                                            stats.verdict(low, high)]
   # other - control: only seed 0 is paired; eval_loss has no interval with one seed.
-  assert md_row(text, "other vs control", "eval_loss")[2:] == ["1", "0", "n/a", "n/a (1 seed)",
-                                                               "n/a"]
-  assert md_row(text, "other vs control", "test_accuracy")[5] == "4 examples only (1 seed)"
+  assert md_row(other, "eval_loss")[1:] == ["1", "0", "n/a", "n/a (1 seed)", "n/a"]
+  assert md_row(other, "test_accuracy")[4] == "4 examples only (1 seed)"
   # The named contrast noisy - other, seed 0: accuracy (1,1,1,0) - (1,0,0,1) = 0.25.
-  row = md_row(text, "noisy_vs_other", "test_accuracy")
-  assert row[2:4] == ["1", "0.25"]
-  assert md_row(text, "noisy_vs_other", "extra")[2:] == ["0", "n/a", "n/a", "n/a", "n/a"]
+  assert md_row(named, "test_accuracy")[1:3] == ["1", "0.25"]
+  assert "No seed finished in both with: extra." in named
   # Wall times only here: control 11 + 13 s.
-  assert md_row(text, "control", "2") == ["control", "2", "12.0", "24.0"]
+  assert md_row(section(text, "## Cell time"), "control", "2") == ["control", "2", "12.0", "24.0"]
 
 
 def test_no_finished_cell(tmp_path):

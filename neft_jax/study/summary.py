@@ -170,12 +170,12 @@ def compare(cells: list[dict], a: str, b: str, name: str, *, n_resamples: int = 
     values_a = np.stack([np.asarray(cell_a["examples"][name], np.float64) for cell_a, _ in pairs])
     values_b = np.stack([np.asarray(cell_b["examples"][name], np.float64) for _, cell_b in pairs])
     examples = values_a.shape[1]
-    result["over"] = (f"seeds × {examples} examples" if len(paired) > 1
+    result["over"] = (f"{len(paired)} seeds × {examples} examples" if len(paired) > 1
                       else f"{examples} examples only (1 seed)")
   else:
     values_a = np.array([cell_a["values"][name] for cell_a, _ in pairs])
     values_b = np.array([cell_b["values"][name] for _, cell_b in pairs])
-    result["over"] = "seeds" if len(paired) > 1 else "n/a (1 seed)"
+    result["over"] = f"{len(paired)} seeds" if len(paired) > 1 else "n/a (1 seed)"
   difference, low, high = stats.paired_bootstrap(values_a, values_b, n_resamples, seed,
                                                  confidence)
   result.update(difference=difference, low=low, high=high, verdict=stats.verdict(low, high))
@@ -244,17 +244,24 @@ def markdown(study, cells: list[dict], missing: list[tuple[str, int]], figures: 
             "whole interval is above 0 (a − b > 0), negative when below, inconclusive when it "
             "spans 0, n/a without an interval. Which direction is better depends on the metric "
             "(for a loss, lower is better): a verdict says only the sign.", ""]
-  rows = []
   for title, a, b in comparisons(study):
+    rows, unpaired = [], []
     for name in names:
       result = compare(cells, a, b, name, n_resamples=n_resamples, seed=seed,
                        confidence=confidence)
+      if not result["seeds"]:
+        unpaired.append(name)
+        continue
       interval = ("n/a" if not math.isfinite(result["low"])
                   else f"[{_fmt(result['low'])}, {_fmt(result['high'])}]")
-      rows.append([title, name, str(result["seeds"]), _fmt(result["difference"]), interval,
+      rows.append([name, str(result["seeds"]), _fmt(result["difference"]), interval,
                    result["over"], result["verdict"]])
-  lines += _table(["contrast (a vs b)", "metric", "seeds", "a − b", f"{percent} interval",
-                   "resampled over", "verdict"], rows) + [""]
+    lines += [f"### {title}: a = {a}, b = {b}", ""]
+    if rows:
+      lines += _table(["metric", "seeds", "a − b", f"{percent} interval", "resampled over",
+                       "verdict"], rows) + [""]
+    if unpaired:
+      lines += ["No seed finished in both with: " + ", ".join(unpaired) + ".", ""]
 
   lines += ["## Cell time", "", "Wall seconds per finished cell (not in summary.csv).", ""]
   rows = []
@@ -299,6 +306,7 @@ def figures(study_dir: str, study, cells: list[dict]) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   out_dir = os.path.join(study_dir, FIGURES)
   os.makedirs(out_dir, exist_ok=True)
@@ -354,6 +362,7 @@ def figures(study_dir: str, study, cells: list[dict]) -> list[str]:
                   label=None if condition in labelled else condition)
         labelled.add(condition)
       axis.set(xlabel="step", ylabel=key, title=f"{key} (a line per seed)")
+      axis.xaxis.set_major_locator(MaxNLocator(integer=True))
       axis.legend(fontsize="small")
     save(figure, "training_curves.png")
 
@@ -363,6 +372,7 @@ def figures(study_dir: str, study, cells: list[dict]) -> list[str]:
   analysis = {key: rows for key, rows in analysis.items() if rows}
   if analysis:
     def plot_layers(axis, keep):
+      axis.xaxis.set_major_locator(MaxNLocator(integer=True))
       drawn = False
       for condition in conditions:
         means = _layer_means(analysis, condition, keep)
