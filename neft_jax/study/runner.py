@@ -1,0 +1,226 @@
+"""Runs a study's cells, each a training run in DIR/cells/<condition>/seed<k>/, then the summary.
+
+    run(study, study_dir, cells="0/1")     the selected cells in grid order, then summarize
+    select_cells(text, count)              the grid indices of --cells=i/n
+    cell_metrics(workdir)                  a finished run's final numbers from metrics.jsonl
+
+Resumable: a cell with cell.json is done and skipped; a cell whose run was
+killed resumes from its latest checkpoint (`neft_jax.train.train` on the same
+workdir does). DIR/study.json holds the resolved study; a second start with
+another grid is refused before anything runs. Compiled steps are shared
+between cells through JAX's persistent compilation cache (DIR/.jax_cache by
+default), so a seed after the first, or a condition that only changes values,
+compiles nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from neft_jax import run as run_folder
+from neft_jax.errors import UserError
+from neft_jax.study import spec
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.json"
+CELL_FILE = "cell.json"
+CACHE_DIR = ".jax_cache"
+ANALYSIS_DIR = "analysis"
+# train_loss: the mean of the losses logged over the last tenth of the steps (at least the last).
+TRAIN_LOSS_FRACTION = 0.1
+RESULT_PREFIXES = ("eval_", "test_", "noise_")
+
+
+def select_cells(text: str, count: int) -> list[int]:
+  """Grid indices of `--cells=i/n`: every n-th cell starting at i (0 <= i < n)."""
+  parts = str(text).split("/")
+  try:
+    start, ways = (int(part) for part in parts)
+  except ValueError:
+    raise UserError(f"--cells={text} is not i/n; give two integers such as --cells=0/4 (cells "
+                    "0, 4, 8, ... of the grid)") from None
+  if ways < 1 or not 0 <= start < ways:
+    raise UserError(f"--cells={text} is out of range: i/n needs n >= 1 and 0 <= i < n, e.g. "
+                    f"--cells=0/{max(ways, 1)} to --cells={max(ways, 1) - 1}/{max(ways, 1)}")
+  return list(range(start, count, ways))
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str | None):
+  """JAX's persistent compilation cache in `directory` (None: left as it is) for the
+  block, every compiled program cached whatever its size or compile time."""
+  if not directory:
+    yield
+    return
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  settings = {"jax_compilation_cache_dir": directory,
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": 0}
+  saved = {name: jax.config.values[name] for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  cache.reset_cache()  # the next compile opens the cache in `directory`
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+    cache.reset_cache()
+
+
+def check_study_file(study: spec.Study, study_dir: str, *, write: bool) -> None:
+  """DIR/study.json: written at the first start; a study that differs from it is refused."""
+  path = os.path.join(study_dir, STUDY_FILE)
+  content = json.loads(json.dumps(spec.resolved(study)))
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      existing = json.load(f)
+    if existing != content:
+      changed = [key for key in content if existing.get(key) != content[key]]
+      changed += [key for key in existing if key not in content]
+      raise UserError(
+          f"{path} holds another study (its {', '.join(changed)} differ from this config's): "
+          "the grid of a study is fixed once it has started; give the changed study another "
+          "--workdir, or delete that study.json (and the cells/ that no longer fit) to start over")
+    return
+  if write:
+    os.makedirs(study_dir, exist_ok=True)
+    _write_json(path, content)
+
+
+def _write_json(path: str, content: dict) -> None:
+  """Written whole or not at all: a killed writer leaves no half file."""
+  partial = f"{path}.partial{os.getpid()}"
+  with open(partial, "w", encoding="utf-8") as f:
+    json.dump(content, f, indent=1)
+    f.write("\n")
+  os.replace(partial, path)
+
+
+def cell_metrics(workdir: str) -> dict[str, float]:
+  """The run's final numbers from its metrics.jsonl: train_loss (see TRAIN_LOSS_FRACTION),
+  and eval_*, test_* of the last step and noise_* rates. Rows of a step logged twice
+  (a run resumed from an earlier checkpoint logs its steps again) count once, the latest."""
+  by_step: dict[int, dict] = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        by_step.setdefault(int(row["step"]), {}).update(row)
+  if not by_step:
+    return {}
+  last = max(by_step)
+  metrics = {}
+  losses = [row["loss"] for step, row in sorted(by_step.items())
+            if "loss" in row and step > (1 - TRAIN_LOSS_FRACTION) * last]
+  if not losses:
+    losses = [row["loss"] for _, row in sorted(by_step.items()) if "loss" in row][-1:]
+  if losses:
+    metrics["train_loss"] = float(np.mean(losses))
+  for step in sorted(by_step):
+    for name, value in by_step[step].items():
+      if name.startswith("noise_") or (step == last and name.startswith(RESULT_PREFIXES)):
+        metrics[name] = float(value)
+  return metrics
+
+
+def prepare_shared_assets(study: spec.Study, study_dir: str) -> None:
+  """The demo's model and data, made once for every cell with the base's seed."""
+  if "demo" not in study.base:
+    return
+  from neft_jax import demo
+  base = spec.fill_study_dir(study.base, study_dir)
+  data = run_folder.data_config(base, study_dir)
+  demo.prepare(base.demo, run_folder.resolve(base.model.path, study_dir), os.path.dirname(data.path),
+               base.seed)
+
+
+def base_model_path(study: spec.Study, study_dir: str) -> str:
+  return spec.fill_study_dir(study.base, study_dir).model.path
+
+
+def run_cell(study: spec.Study, cell: spec.Cell, study_dir: str) -> dict | None:
+  """Runs the cell's stages and writes its cell.json; returns it (None: preempted)."""
+  from neft_jax import train
+  workdir = os.path.join(study_dir, cell.path)
+  config = spec.cell_config(study, cell, study_dir)
+  start = time.perf_counter()
+  result = train.train(config, workdir)
+  if result.get("preempted"):
+    return None
+  metrics = cell_metrics(workdir)
+  examples = {name: [float(v) for v in values]
+              for name, values in result.get("examples", {}).items()}
+  if "evaluate" in study.stages:
+    from neft_jax import evaluate
+    summary = evaluate.evaluate(config, workdir=workdir)
+    for name, value in summary.items():
+      if (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and name != "step" and not name.startswith(("eval_", "test_"))):
+        metrics[f"gen_{name}"] = float(value)
+  if "analyze" in study.stages:
+    from neft_jax import analyze
+    analyze.analyze(base_model_path(study, study_dir), [workdir],
+                    os.path.join(workdir, ANALYSIS_DIR), **study.analyze)
+  content = {"condition": cell.condition, "seed": cell.seed, "index": cell.index,
+             "metrics": metrics, "examples": examples,
+             "seconds": round(time.perf_counter() - start, 3)}
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, CELL_FILE), content)
+  return content
+
+
+def is_done(study_dir: str, cell: spec.Cell) -> bool:
+  return os.path.exists(os.path.join(study_dir, cell.path, CELL_FILE))
+
+
+def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only: bool = False,
+        cache_dir: str | None = None) -> list[str]:
+  """Runs the selected cells (see the module's doc), then the summary; returns its paths.
+
+  Every check (the study, --cells, study.json) comes before any cell runs.
+  `cache_dir`: the compilation cache's folder (default DIR/.jax_cache; "" for none).
+  """
+  from neft_jax.study import summary
+  spec.validate(study)
+  grid = spec.cells(study)
+  selected = [grid[i] for i in select_cells(cells, len(grid))]
+  study_dir = os.path.abspath(study_dir)
+  is_main = jax.process_index() == 0
+  check_study_file(study, study_dir, write=is_main and not summarize_only)
+  if summarize_only:
+    if not os.path.isdir(study_dir):
+      raise UserError(f"{study_dir} holds no study yet; run the study first (without "
+                      "--summarize_only)")
+    return summary.summarize(study_dir, study) if is_main else []
+  todo = [cell for cell in selected if not is_done(study_dir, cell)]
+  log.info("study %s: %d cells (%d conditions x %d seeds); --cells=%s selects %d, %d done before",
+           study.name, len(grid), len(study.conditions), len(study.seeds), cells, len(selected),
+           len(selected) - len(todo))
+  prepare_shared_assets(study, study_dir)
+  cache = os.path.join(study_dir, CACHE_DIR) if cache_dir is None else cache_dir
+  stages = ", ".join(study.stages)
+  seconds = []
+  with compilation_cache(cache):
+    for cell in selected:
+      label = f"study: cell {cell.index + 1}/{len(grid)} {cell.condition} seed{cell.seed}"
+      if is_done(study_dir, cell):
+        log.info("%s: done before, skipped", label)
+        continue
+      content = run_cell(study, cell, study_dir)
+      if content is None:
+        log.info("%s: stopped by preemption; run the same command again to resume", label)
+        return []
+      seconds.append(content["seconds"])
+      left = len(todo) - len(seconds)
+      log.info("%s: %s done in %.1f s; ~%.0f s left", label, stages, content["seconds"],
+               left * float(np.mean(seconds)))
+  return summary.summarize(study_dir, study) if is_main else []
