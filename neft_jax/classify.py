@@ -6,6 +6,7 @@
     make_score_step(graphdef, loss_chunk_size)       [rows] summed log-likelihoods
     label_log_likelihoods(score_step, params, sets, ...)   [examples, labels]
     classification_metrics(log_likelihoods, targets)       accuracy and macro F1
+    correct(log_likelihoods, targets)                      [examples] 1.0 or 0.0
 
 For each record (a classification example as an Alpaca record: the output is
 its true label's name) and each label, the completion is the record with that
@@ -156,6 +157,12 @@ def classification_metrics(log_likelihoods: np.ndarray, true_labels: np.ndarray)
     false_negative = np.sum((predicted != label) & (true_labels == label))
     f1.append(2 * true_positive / (2 * true_positive + false_positive + false_negative))
   return {"accuracy": float(np.mean(predicted == true_labels)), "macro_f1": float(np.mean(f1))}
+
+
+def correct(log_likelihoods: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
+  """float64 [N]: 1.0 where the argmax label of a row of `log_likelihoods` [N, K] is the
+  true label, else 0.0 (their mean is classification_metrics' accuracy)."""
+  return (np.argmax(log_likelihoods, axis=1) == np.asarray(true_labels)).astype(np.float64)
 
 
 def score_labels(score_step, params, records: list[Record], labels, tokenizer, *, max_length: int,

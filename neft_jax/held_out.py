@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import ml_collections
+import numpy as np
 
 from neft_jax import classify, loss, sharding, steps
 from neft_jax.config_check import names
@@ -35,6 +36,7 @@ class HeldOut:
     self.eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
     self.batch_sharding = sharding.batch_sharding(mesh, rules, 0)
     self.labels, self.score_step = {}, None
+    self.examples: dict[str, dict[str, np.ndarray]] = {}  # per-example results of the last call
     if config.data.format == "classification":
       labels = names(config.data.labels)
       self.score_step = jax.jit(classify.make_score_step(graphdef, chunk),
@@ -63,4 +65,5 @@ class HeldOut:
                                                 to_global=self.to_global)
         results |= {f"{split}_{name}": value for name, value in
                     classify.classification_metrics(scores, true_labels).items()}
+        self.examples[split] = {"accuracy": classify.correct(scores, true_labels)}
     return results

@@ -120,7 +120,8 @@ def _check_layout(layout: batching.BatchLayout, mesh, rules) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
-  """Runs (or resumes) the fine-tuning job; returns the eval results and the state.
+  """Runs (or resumes) the fine-tuning job; returns the eval results and the state
+  (and per-example results, as `held_out.HeldOut.examples` has them).
 
   `stop_after` ends this run after that many steps in total, with a
   checkpoint, as a job with a time limit would; running again resumes.
@@ -136,6 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   data_config = run.data_config(config, workdir)
   if "demo" in config:
     demo.prepare(config.demo, model_path, os.path.dirname(data_config.path), config.seed)
+  if "pretrain" in config:  # a tokenizer trained on data.path's text, a model from scratch
+    demo.prepare_pretrain(config.pretrain, model_path, data_config, config.seed)
 
   # ---------------------------------------------------------------- data
   tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
@@ -294,7 +297,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     print("held-out answers after training (expected -> model):")
     for record, answer in list(zip(eval_set.records, after["answers"]))[: config.eval.show_answers]:
       print(f"  {record.instruction} {record.input!r}: {record.output!r} -> {answer!r}")
-  return {"before": before, "after": after, "steps": last_step, "state": state, "preempted": False}
+  # Per-example results of the last evaluation of each split, in its order.
+  examples = {f"{split}_{name}": values for split, results in evaluator.examples.items()
+              for name, values in results.items()}
+  if "answers" in after:  # exact match, each answer against its record's output
+    examples["eval_exact_match"] = np.array([
+        float(answer.strip() == record.output.strip())
+        for record, answer in zip(eval_set.records, after["answers"])])
+  return {"before": before, "after": after, "steps": last_step, "state": state, "preempted": False,
+          "examples": examples}
 
 
 def dry_run(config: ml_collections.ConfigDict) -> dict:
