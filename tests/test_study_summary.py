@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pytest
 
+from neft_jax.errors import UserError
 from neft_jax.study import stats, summary
 
 
@@ -251,7 +252,7 @@ def test_no_finished_cell(tmp_path):
 def test_differing_test_sets_are_refused(tmp_path):
   write_table(tmp_path)
   write_cell(tmp_path, "noisy", 1, {"eval_loss": 1.6}, [1, 1, 1], 1.0)
-  with pytest.raises(ValueError, match=r"noisy/seed1: 3.*split_seed"):
+  with pytest.raises(UserError, match=r"noisy/seed1: 3.*split_seed"):
     summary.summarize(str(tmp_path), make_study(), draw=False)
 
 

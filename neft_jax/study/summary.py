@@ -21,7 +21,8 @@ summary.md: how many cells finished and which are missing; per condition the
 mean ± sample std (ddof=1) over seeds and n for every metric; then each
 non-control condition against the control and each named contrast (a, b): the
 difference of means a - b over the seeds both have, with its paired bootstrap
-interval (neft_jax.study.stats; over the examples too for per-example metrics),
+interval (neft_jax.study.stats; over the examples too for per-example metrics,
+whose difference is then the mean over the cells' examples),
 the number of seeds and a verdict (positive: a - b > 0 for the whole interval;
 which direction is better depends on the metric); last the cells' wall times.
 
@@ -46,6 +47,8 @@ import os
 
 import numpy as np
 
+from neft_jax.analysis.compare import BASE
+from neft_jax.errors import UserError
 from neft_jax.study import stats
 
 N_RESAMPLES = 2000
@@ -55,7 +58,6 @@ CELL_FILE = "cell.json"
 CURVE_FILE = "metrics.jsonl"
 ANALYSIS_FILE = os.path.join("analysis", "analysis.csv")
 FIGURES = "figures"
-BASE_MODEL = "base"  # the base model's name in analysis.csv (neft_jax.analysis.compare.BASE)
 
 
 def cell_dir(study_dir: str, condition: str, seed: int) -> str:
@@ -79,7 +81,7 @@ def load_cells(study_dir: str, study) -> tuple[list[dict], list[tuple[str, int]]
         with open(path, encoding="utf-8") as f:
           cell = json.load(f)
       except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run the cell "
+        raise UserError(f"{path} is not valid JSON ({error}); delete it to run the cell "
                          "again") from None
       cell["condition"], cell["seed"] = condition, seed
       examples = cell.get("examples") or {}
@@ -115,7 +117,7 @@ def read_analysis(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8", newline="") as f:
-    return [row for row in csv.DictReader(f) if row.get("model") != BASE_MODEL]
+    return [row for row in csv.DictReader(f) if row.get("model") != BASE]
 
 
 # --- numbers -----------------------------------------------------------------
@@ -164,7 +166,7 @@ def compare(cells: list[dict], a: str, b: str, name: str, *, n_resamples: int = 
                for pair in pairs for cell in pair}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
       listed = ", ".join(f"{c}/seed{s}: {n}" for (c, s), n in lengths.items())
-      raise ValueError(f"the cells give different numbers of per-example {name!r} values "
+      raise UserError(f"the cells give different numbers of per-example {name!r} values "
                        f"({listed}); every cell should share the test set (a fixed "
                        "data.split_seed): delete the odd cells' cell.json and run them again")
     values_a = np.stack([np.asarray(cell_a["examples"][name], np.float64) for cell_a, _ in pairs])
