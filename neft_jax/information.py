@@ -32,7 +32,8 @@ decoder, a site's tensors are those that feed it:
   * `layers.{i}.attention_probs`: the attention pre-norm, and q, k, v;
   * `layers.{i}.attention_output`: the output projection;
   * `layers.{i}.mlp_output`: the MLP pre-norm, and gate, up, down.
-An untied head and the final norm feed no site.
+An untied head and the final norm feed no site, so `fisher_pass` leaves out
+the untied head's squares unless the whole diagonal is saved.
 """
 
 from __future__ import annotations
@@ -156,10 +157,12 @@ def _add_head_squares(sum_vd, logits_grad_ntv, hidden_ntd, groups: int):
   return sum_vd + jax.lax.fori_loop(0, rows // groups, add_rows, sum_gvd).sum(0)
 
 
-def make_fisher_step(graphdef: nnx.GraphDef, groups: int = 1):
+def make_fisher_step(graphdef: nnx.GraphDef, groups: int = 1, head: bool = True):
   """fisher_step(squares_sum, params, batch) -> squares_sum plus the micro-batch's
   per-example squared gradients (float32), batch = input_ids, segment_ids [rows, length]
-  (the rows split over `groups` devices).
+  (the rows split over `groups` devices). With head=False an untied output
+  layer's entry is left as it is: it feeds no dropout site, and its squares are
+  one of the step's three vocabulary-wide matmuls.
 
   The gradients are those of `example_loss`, but the token embedding and the
   output layer, [vocab, embed] each, are left out of the vmapped autodiff, which
@@ -230,7 +233,9 @@ def make_fisher_step(graphdef: nnx.GraphDef, groups: int = 1):
         body, tables, input_ids_nt, batch["segment_ids"])
     embed_sum = tables_sum["embed"][...].at[input_ids_nt.reshape(-1)].add(
         token_squares_ntd.reshape(-1, token_squares_ntd.shape[-1]))
-    if "lm_head" in tables:
+    if "lm_head" in tables and not head:
+      tables_sum = {"lm_head": tables_sum["lm_head"]}
+    elif "lm_head" in tables:
       head_sum = _add_head_squares(tables_sum["lm_head"][...], logits_grad_ntv, hidden_ntd, groups)
       tables_sum = {"lm_head": tables_sum["lm_head"].replace(head_sum)}
     else:  # tied: the embedding is the output layer
@@ -271,11 +276,13 @@ def check_batch_size(batch_size: int, mesh, rules) -> None:
 
 
 def fisher_diagonal(graphdef: nnx.GraphDef, params: nnx.State, examples: list[np.ndarray], *,
-                    mesh, rules, batch_size: int, progress: bool = False, compiler_options: dict | None = None
+                    mesh, rules, batch_size: int, progress: bool = False,
+                    compiler_options: dict | None = None, head: bool = True
                     ) -> tuple[nnx.State, dict]:
   """(F, timing) over `examples` (int32 token ids, each of >= 2 tokens).
 
-  F is float32, shaped and sharded as `params`. The examples go longest first
+  F is float32, shaped and sharded as `params`; with head=False an untied
+  output layer's entry is NaN (not computed: it feeds no dropout site). The examples go longest first
   in micro-batches of `batch_size` rows (the last one filled with empty rows),
   each padded to `padded_length`; the step compiles once per padded length
   (with XLA's `compiler_options`, if given). timing: compile_seconds, seconds
@@ -288,7 +295,7 @@ def fisher_diagonal(graphdef: nnx.GraphDef, params: nnx.State, examples: list[np
   zeros = jax.jit(lambda p: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), p),
                   out_shardings=param_shardings)
   batch_sharding = sharding.batch_sharding(mesh, rules, 0)
-  step = jax.jit(make_fisher_step(graphdef, sharding.data_parallel_size(mesh, rules)),
+  step = jax.jit(make_fisher_step(graphdef, sharding.data_parallel_size(mesh, rules), head),
                  donate_argnums=0,
                  out_shardings=param_shardings)
   local_rows = batch_size // jax.process_count()
@@ -317,8 +324,13 @@ def fisher_diagonal(graphdef: nnx.GraphDef, params: nnx.State, examples: list[np
     jax.block_until_ready(squares_sum)
     bar.update(len(chosen))
   bar.close()
-  diagonal = jax.jit(lambda s: jax.tree.map(lambda x: x / len(examples), s),
-                     donate_argnums=0, out_shardings=param_shardings)(squares_sum)
+  def mean(squares_sum: nnx.State) -> nnx.State:
+    diagonal = jax.tree.map(lambda x: x / len(examples), squares_sum)
+    if not head and "lm_head" in diagonal:
+      diagonal["lm_head"] = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), diagonal["lm_head"])
+    return diagonal
+
+  diagonal = jax.jit(mean, donate_argnums=0, out_shardings=param_shardings)(squares_sum)
   jax.block_until_ready(diagonal)
   seconds = time.perf_counter() - started - compile_seconds
   log.info("fisher: micro-batches padded to %s tokens", sorted(compiled))
@@ -499,8 +511,10 @@ def fisher_pass(config: ml_collections.ConfigDict, out_path: str, save_diagonal:
                         remat=model_config.remat, attention=model_config.attention)
   graphdef, params = nnx.split(model, nnx.Param)
   del model
+  # Only a saved diagonal needs an untied output layer's entry: it feeds no site.
   diagonal, timing = fisher_diagonal(graphdef, params, tokenized.input_ids, mesh=mesh, rules=rules,
-                                     batch_size=config.fisher.batch_size, progress=progress, compiler_options=compiler_options)
+                                     batch_size=config.fisher.batch_size, progress=progress,
+                                     compiler_options=compiler_options, head=save_diagonal)
   scores = site_scores(diagonal, model_config)
   content = {
       "model": model_path,

@@ -126,6 +126,11 @@ def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
   diagonal, _ = information.fisher_diagonal(graphdef, params, examples, mesh=mesh,
                                             rules=sharding.DEFAULT_RULES, batch_size=2,
                                             compiler_options=FAST_COMPILE)
+  # Without the untied head (what a pass that saves no diagonal computes): every
+  # other entry is the same, and the head's is NaN, not a made-up number.
+  no_head, _ = information.fisher_diagonal(graphdef, params, examples, mesh=mesh,
+                                           rules=sharding.DEFAULT_RULES, batch_size=2,
+                                           compiler_options=FAST_COMPILE, head=False)
   grad = jax.jit(jax.grad(lambda p, ids: information.example_loss(
       graphdef, p, ids, jnp.ones_like(ids))))
   flat = lambda state: {n: np.asarray(v, np.float64) for n, v in information._flat(state).items()}
@@ -137,6 +142,9 @@ def test_vmapped_sharded_pass_equals_a_plain_loop(tmp_path):
     grads = flat(compiled[len(ids)](params, ids))
     loop = {n: loop.get(n, 0.0) + g**2 / len(examples) for n, g in grads.items()}
   assert_close(flat(diagonal), loop)
+  no_head = flat(no_head)
+  assert np.isnan(no_head.pop("lm_head")).all()
+  assert_close(no_head, {n: v for n, v in loop.items() if n != "lm_head"})
 
 
 def test_padded_lengths_are_few():
