@@ -10,7 +10,8 @@ instruction records (random words, Alpaca fields), each long enough to fill
 
     python -m neft_jax.analyze --base=BASE --tuned=TUNED --probe=PROBE --out=OUT \\
         --max_examples=64 --config=configs/llama2_alpaca.py \\
-        --config.data.max_length=128 [--config.train.batch_size=ROWS] ...
+        --config.data.max_length=128 --config.model.param_dtype=bfloat16 \
+        --config.train.batch_size=8
 
 and reports its wall time (start-up and imports included), the parts the
 analyze log names (loading the models, the comparison's forward passes and
@@ -168,8 +169,9 @@ def main():
   parser.add_argument("--examples", type=int, default=64)
   parser.add_argument("--tokens", type=int, default=128, help="tokens per probe example")
   parser.add_argument("--max_tokens", type=int, default=4096, help="analyze's CKA token sample")
-  parser.add_argument("--rows", type=int, default=0, help="analyze's batch rows "
-                      "(config.train.batch_size); 0: the config's (128)")
+  parser.add_argument("--rows", type=int, default=8, help="analyze's batch rows "
+                      "(config.train.batch_size); 0: the config's (128, cut to the 64 examples), "
+                      "which at 22 layers holds ~3 GB of attention probabilities per model")
   parser.add_argument("--param_dtype", default="bfloat16", help="config.model.param_dtype")
   parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -203,7 +205,7 @@ def main():
       "examples": analysis.get("examples", args.examples),
       "tokens": analysis.get("tokens"),
       "cka_tokens": analysis.get("cka_tokens"),
-      "rows": args.rows or 128,
+      "rows": args.rows or min(128, args.examples),
       "param_dtype": args.param_dtype,
       "seconds": round(result["seconds"], 1),
       **{f"{part}_seconds": round(value, 1) for part, value in parts.items()},
