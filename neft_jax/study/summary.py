@@ -54,6 +54,7 @@ from neft_jax.study import stats
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+FEW_SEEDS = 5  # below this, summary.md warns that the seed bootstrap understates the spread
 CELL_FILE = "cell.json"
 CURVE_FILE = "metrics.jsonl"
 ANALYSIS_FILE = os.path.join("analysis", "analysis.csv")
@@ -246,6 +247,11 @@ def markdown(study, cells: list[dict], missing: list[tuple[str, int]], figures: 
             "whole interval is above 0 (a − b > 0), negative when below, inconclusive when it "
             "spans 0, n/a without an interval. Which direction is better depends on the metric "
             "(for a loss, lower is better): a verdict says only the sign.", ""]
+  if len(study.seeds) < FEW_SEEDS:
+    lines += [f"With {len(study.seeds)} seeds per condition, resampling the seeds understates "
+              "the spread between seeds (with 2 or 3 seeds, a metric without per-example values "
+              "gets the range of its paired differences as its interval): read the verdicts as "
+              "provisional.", ""]
   for title, a, b in comparisons(study):
     rows, unpaired = [], []
     for name in names:
