@@ -207,6 +207,7 @@ def test_summary_md_arithmetic_by_hand(tmp_path):
   text = (tmp_path / "summary.md").read_text()
   assert "5 of 6 cells finished" in text
   assert "Missing (not finished): other/seed1." in text
+  assert "With 2 seeds per condition, resampling the seeds understates" in text
 
   per_condition = section(text, "## Per condition")
   # Per condition: control eval_loss 2.0, 2.2 -> mean 2.1, sample std sqrt(0.02) = 0.1414.
