@@ -253,6 +253,17 @@ def rules() -> dict[str, Check]:
       "demo.model.mlp_dim": integer(1),
       "demo.model.max_positions": integer(2),
       "demo.model.initializer_range": number(0, low_open=True),
+      # configs/pretrain_small.py: the tokenizer and model made from data.path's text
+      "pretrain.vocab_size": integer(1),
+      "pretrain.min_frequency": integer(1),
+      "pretrain.model.embed_dim": integer(1),
+      "pretrain.model.num_layers": integer(1),
+      "pretrain.model.num_heads": integer(1),
+      "pretrain.model.num_kv_heads": integer(1),
+      "pretrain.model.head_dim": integer(1),
+      "pretrain.model.mlp_dim": integer(1),
+      "pretrain.model.max_positions": integer(2),
+      "pretrain.model.initializer_range": number(0, low_open=True),
   }
 
 
@@ -279,23 +290,54 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     found.append(f"dropout.min_rate={config.dropout.min_rate!r} is more than "
                  f"dropout.max_rate={config.dropout.max_rate!r}")
   if "data" in config and not found:
-    found += _data_problems(config.data)
-  if "demo" in config and not found:  # the demo's model is made from these: they must agree
-    model = config.demo.model
-    if model.num_heads % model.num_kv_heads:
-      found.append(f"demo.model.num_heads={model.num_heads} is not a multiple of "
-                   f"demo.model.num_kv_heads={model.num_kv_heads}")
-    if config.data.max_length > model.max_positions:
-      found.append(f"data.max_length={config.data.max_length} is more than the demo model's "
-                   f"demo.model.max_positions={model.max_positions}")
-    if config.generate.max_new_tokens >= model.max_positions:
-      found.append(f"generate.max_new_tokens={config.generate.max_new_tokens} leaves no room for "
-                   f"a prompt in demo.model.max_positions={model.max_positions}")
+    found += _data_problems(config.data, config.get("eval"))
+  for section in ("demo", "pretrain"):  # the run's model is made from these: they must agree
+    if section in config and not found:
+      found += _made_model_problems(config, section)
+  if "pretrain" in config and not found and config.data.template not in ("text", "alpaca"):
+    found.append(f"pretrain trains its tokenizer on data.path's text, which "
+                 f"data.template={config.data.template!r} cannot render without one; set "
+                 "data.template='text'")
   return found
 
 
-def _data_problems(data) -> list[str]:
-  """Data keys that only make sense together."""
+def _made_model_problems(config: ml_collections.ConfigDict, section: str) -> list[str]:
+  """The model `section` (demo or pretrain) makes, against the rest of the config."""
+  found, model = [], config[section].model
+  if model.num_heads % model.num_kv_heads:
+    found.append(f"{section}.model.num_heads={model.num_heads} is not a multiple of "
+                 f"{section}.model.num_kv_heads={model.num_kv_heads}")
+  if config.data.max_length > model.max_positions:
+    found.append(f"data.max_length={config.data.max_length} is more than the {section} model's "
+                 f"{section}.model.max_positions={model.max_positions}")
+  if config.generate.max_new_tokens >= model.max_positions:
+    found.append(f"generate.max_new_tokens={config.generate.max_new_tokens} leaves no room for "
+                 f"a prompt in {section}.model.max_positions={model.max_positions}")
+  return found
+
+
+def _text_problems(data, config_eval) -> list[str]:
+  """data.template='text' (plain text, loss on every token) against what needs prompts or labels."""
+  found = []
+  if data.get("format") == "classification":
+    found.append("data.template='text' trains on plain text, but data.format='classification' "
+                 "scores labels after a prompt; use data.template='alpaca' (or 'chat') for "
+                 "classification, or data.format='instruction' for text")
+  noise = data.get("noise")
+  if noise is not None and noise.kind == "label":
+    found.append("data.noise.kind='label' needs labels, but data.template='text' trains on plain "
+                 "text, which has none; use data.noise.kind='typo' or 'grammar'")
+  elif noise is not None and any(field != "text" for field in names(noise.fields)):
+    found.append(f"data.noise.fields={list(names(noise.fields))} names a field plain text does "
+                 "not have; with data.template='text' leave data.noise.fields empty or name text")
+  if config_eval is not None and config_eval.get("exact_match"):
+    found.append("eval.exact_match=True needs prompts to answer, but data.template='text' has "
+                 "none; set eval.exact_match=False")
+  return found
+
+
+def _data_problems(data, config_eval=None) -> list[str]:
+  """Data keys that only make sense together (and eval's that depend on them)."""
   found = []
   labels = names(data.get("labels", ()))
   classification = data.get("format") == "classification"
@@ -303,6 +345,10 @@ def _data_problems(data) -> list[str]:
     found.append(f"data.format='classification' needs data.labels, the class names in order "
                  f"(two or more; got {list(labels)})")
   noise = data.get("noise")
+  if data.get("template") == "text":
+    found += _text_problems(data, config_eval)
+    if found:
+      return found
   if noise is not None and noise.kind == "label" and len(labels) < 2:
     found.append("data.noise.kind='label' needs the label set: set data.labels to the class "
                  "names (two or more) the label field holds")

@@ -36,11 +36,11 @@ def base() -> ml_collections.ConfigDict:
       test_split="test",
       test_size=0.0,    # count or fraction of data.path held out for test (stratified by label)
       split_seed=0,     # the held-out splits' seed (not the run's seed: every run gets the same ones)
-      template="alpaca",  # alpaca | chat (the tokenizer's chat template)
+      template="alpaca",  # alpaca | chat (the tokenizer's template) | text (plain text)
       max_length=512,
       packing=False,
       fields=dict(instruction="instruction", input="input", output="output",
-                  text="text", label="label"),  # text and label: data.format=classification
+                  text="text", label="label"),  # text: classification's and data.template=text's; label
       labels=(),        # the class names in order (integer labels index them); label noise's set
       instruction="",   # classification: the prompt's instruction ("" : "Classify the text as ...")
       noise=dict(       # controlled noise in the training split: neft_jax/data/noise.py

@@ -73,7 +73,7 @@ BAD_VALUES = {
     "model.attention": ("flash", "is not one of 'xla', 'cudnn'"),
     "model.param_dtype": ("fp32", "is not one of 'float32', 'bfloat16', 'float16'"),
     "model.scan_layers": ("yes", "must be True or False"),
-    "data.template": ("vicuna", "is not one of 'alpaca', 'chat'"),
+    "data.template": ("vicuna", "is not one of 'alpaca', 'chat', 'text'"),
     "data.eval_size": (2.5, "must be a fraction below 1 or a whole count of records"),
     "data.max_length": (1, "must be an integer >= 2"),
     "data.format": ("table", "is not one of 'instruction', 'classification'"),

@@ -6,7 +6,9 @@
     tokenized_splits(data_config, tokenizer, seed, bos=...)   Data: all of it, tokenized
 
 Records are instruction records, or (data.format="classification") text-and-label
-rows made into instruction records whose output is the label's name. The
+rows made into instruction records whose output is the label's name, or
+(data.template="text") plain-text documents, each a Record with the document
+in `input` and no instruction or output (`neft_jax.data.text`). The
 held-out splits are drawn by data.split_seed, never by the run's seed, so
 runs with different seeds share them; for classification they are stratified
 by label. Noise goes into the training split only (unless data.noise.eval),
@@ -23,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from neft_jax.config_check import names
-from neft_jax.data import noise, templates
+from neft_jax.data import noise, templates, text
 from neft_jax.data.sources import Fields, Record, load_classification, load_records
 from neft_jax.data.tokenize import TokenizedSet, tokenize
 from neft_jax.errors import UserError
@@ -58,8 +60,19 @@ def load_tokenizer(path: str, config_key: str = "model.path"):
                     f"{config_key} at a folder with the tokenizer files, or a hub id") from None
 
 
+def is_text(config: ml_collections.ConfigDict) -> bool:
+  """Whether data config `config` trains on plain text (data.template="text")."""
+  return config.template == "text"
+
+
 def _load(config: ml_collections.ConfigDict, path: str, split: str, key: str) -> list[Record]:
   fields = config.fields
+  if is_text(config):
+    documents = text.load_documents(
+        path, split=split, text_field=fields.text, template="text", config_key=key,
+        text_key="data.fields.text", what="plain-text data",
+        fields=Fields(instruction=fields.instruction, input=fields.input, output=fields.output))
+    return [Record(instruction="", input=document, output="") for document in documents]
   if config.format == "classification":
     return load_classification(path, split=split, labels=names(config.labels),
                                instruction=config.instruction, config_key=key,
@@ -176,6 +189,14 @@ def add_noise(config: ml_collections.ConfigDict, splits: Splits, seed: int
     return splits, None
   noise_seed = seed if settings.seed == -1 else settings.seed
   fields = tuple(FIELD_ALIASES.get(f, f) for f in names(settings.fields))
+  if is_text(config):  # one field, the document's text (a Record's input)
+    if settings.kind == "label":
+      raise UserError("data.noise.kind='label' needs labels, but data.template='text' trains on "
+                      "plain text, which has none; use data.noise.kind='typo' or 'grammar'")
+    if any(field != "input" for field in fields):
+      raise UserError(f"data.noise.fields={list(names(settings.fields))} names a field plain text "
+                      "does not have; with data.template='text' leave data.noise.fields empty "
+                      "or name text")
   for field in fields:
     if field not in ("instruction", "input", "output"):
       raise UserError(f"data.noise.fields names {field!r}, which records do not have; name "
@@ -194,6 +215,8 @@ def add_noise(config: ml_collections.ConfigDict, splits: Splits, seed: int
       raise UserError(f"data.noise ({splits.sources[split]}, {split} split): {e}") from None
     for entry in changes:
       entry["index"] = int(splits.indices[split][entry["index"]])
+      if is_text(config):
+        entry["field"] = "text"
       manifest.append({"split": split, "source": splits.sources[split], **entry})
   return Splits(records, splits.indices, splits.sources), NoiseReport(manifest, realized)
 
@@ -216,6 +239,14 @@ def tokenized_splits(config: ml_collections.ConfigDict, tokenizer, seed: int, *,
   sets = {}
   for name in SPLITS:
     records = splits.records.get(name, [])
+    if is_text(config):
+      sets[name] = data = text.tokenize_text(records, tokenizer, max_length=config.max_length,
+                                             bos=bos)
+      if records:
+        log.info("%s: %d documents of plain text, %d longer than data.max_length=%d split into "
+                 "%d chunks, %d dropped (no token to predict): %d examples", name, len(records),
+                 data.num_split, config.max_length, data.num_chunks, data.num_dropped, len(data))
+      continue
     data = tokenize(records, tokenizer, max_length=config.max_length, template=config.template,
                     bos=bos)
     if data.num_truncated or data.num_dropped:

@@ -1,7 +1,12 @@
-"""Prompt formats: the Alpaca templates, or the tokenizer's own chat template.
+"""Prompt formats: the Alpaca templates, the tokenizer's own chat template, or plain text.
 
 A template turns a record into (prompt, response) text. The loss is computed
 on the response only; the tokenizer's EOS is appended after it.
+
+`text` (plain-text training, `neft_jax.data.text`) has no prompt to mask: a
+document is trained on whole. An instruction record becomes the plain text
+`flatten(record)`: its instruction, input (if any) and output joined by a
+blank line ("\n\n"), with no template words around them.
 """
 
 from __future__ import annotations
@@ -19,19 +24,31 @@ ALPACA_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n")
 
-TEMPLATES = ("alpaca", "chat")
+TEMPLATES = ("alpaca", "chat", "text")
+TEXT_SEPARATOR = "\n\n"  # between the parts of a flattened instruction record
 
 
 def check_template(name: str, tokenizer) -> None:
   if name not in TEMPLATES:
-    raise UserError(f"data.template={name!r} is not one of {list(TEMPLATES)}")
+    raise UserError(f"data.template={name!r} is not one of {list(TEMPLATES)}; use alpaca or chat "
+                    "for instruction tuning, text for plain-text training")
   if name == "chat" and not getattr(tokenizer, "chat_template", None):
     raise UserError("data.template='chat' but the tokenizer has no chat_template; "
                     "use data.template='alpaca' or a tokenizer that ships one")
 
 
 def prompt(record: Record, template: str, tokenizer=None) -> str:
-  """The text the model is conditioned on (no loss on it)."""
+  """The text the model is conditioned on (no loss on it).
+
+  For `text`: a plain-text record (the document in `input`, no instruction)
+  is its document; an instruction record is its instruction and input, each
+  followed by the blank line before what comes next, so that prompt + output
+  is `flatten(record)`.
+  """
+  if template == "text":
+    parts = [part for part in (record.instruction, record.input) if part]
+    head = TEXT_SEPARATOR.join(parts)
+    return head + TEXT_SEPARATOR if parts and (record.instruction or record.output) else head
   if template == "alpaca":
     if record.input:
       return ALPACA_WITH_INPUT.format(instruction=record.instruction, input=record.input)
@@ -44,3 +61,8 @@ def prompt(record: Record, template: str, tokenizer=None) -> str:
 def shortest_prompt(template: str, tokenizer=None) -> str:
   """The template with empty fields: the least a prompt can take."""
   return prompt(Record(instruction="", input="", output=""), template, tokenizer)
+
+
+def flatten(record: Record) -> str:
+  """An instruction record as plain text: instruction, input and output, joined by a blank line."""
+  return prompt(record, "text") + record.output

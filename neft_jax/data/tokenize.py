@@ -41,10 +41,12 @@ STARTS_WITH_BOS = {"gpt2": False, "llama": True, "qwen2": False}
 @dataclasses.dataclass
 class TokenizedSet:
   input_ids: list[np.ndarray]  # int32 [n] per example
-  loss_masks: list[np.ndarray]  # bool [n]: True on response tokens and EOS
+  loss_masks: list[np.ndarray]  # bool [n]: True on response and EOS (text: all but the first)
   records: list[Record]  # the records kept, in order
   num_truncated: int = 0  # examples cut at max_length (response tail lost)
-  num_dropped: int = 0  # examples whose prompt alone reached max_length
+  num_dropped: int = 0  # examples whose prompt alone reached max_length (text: nothing to predict)
+  num_split: int = 0  # plain text: documents longer than max_length, split into chunks
+  num_chunks: int = 0  # plain text: the examples those documents became
 
   def __len__(self) -> int:
     return len(self.input_ids)
