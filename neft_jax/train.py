@@ -137,6 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   data_config = run.data_config(config, workdir)
   if "demo" in config:
     demo.prepare(config.demo, model_path, os.path.dirname(data_config.path), config.seed)
+  if "pretrain" in config:  # a tokenizer trained on data.path's text, a model from scratch
+    demo.prepare_pretrain(config.pretrain, model_path, data_config, config.seed)
 
   # ---------------------------------------------------------------- data
   tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
