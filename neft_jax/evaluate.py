@@ -17,6 +17,10 @@ from a Hugging Face folder. It reports:
   * response metrics (`neft_jax.response_metrics`): length, repetition,
     diversity, and ROUGE-L and exact match where references exist.
 
+A plain-text run (data.template="text") has no prompts in its held-out split:
+it reports the held-out loss, perplexity and token accuracy, and generates
+(continuing each prompt as plain text) only for --prompts.
+
 It writes model_outputs.json (instruction, output, generator, dataset: what
 `alpaca_eval --model_outputs` reads) and summary.json, and prints a table.
 """
@@ -116,6 +120,8 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
         summary |= results | {f"{split}_perplexity": float(np.exp(results[f"{split}_loss"]))}
 
   # Generations and their metrics.
+  if not prompts_path and pipeline.is_text(config.data):
+    return _finish_without_generations(summary, out_dir, eval_set)
   if prompts_path:
     records = load_prompts(prompts_path)
     source, dataset = prompts_path, os.path.splitext(os.path.basename(prompts_path))[0]
@@ -145,6 +151,25 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(response_metrics.format_table({k: v for k, v in summary.items() if k != "generator"}))
     print(f"wrote {len(outputs)} generations and the summary to {out_dir}")
+  return summary
+
+
+def _finish_without_generations(summary: dict, out_dir, eval_set) -> dict:
+  """A plain-text run without --prompts: the held-out metrics alone, and why."""
+  if eval_set is None:
+    raise UserError("nothing to evaluate: data.template='text' has no prompts and the config no "
+                    "held-out split; set data.eval_path or data.eval_size, or give --prompts")
+  note = ("data.template='text': plain text has no prompts, so no generations or response "
+          "metrics (give --prompts for them)")
+  summary["generation"] = "skipped: plain text has no prompts"
+  if jax.process_index() == 0:
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(response_metrics.format_table({k: v for k, v in summary.items()
+                                         if k not in ("generator", "generation")}))
+    print(note)
+    print(f"wrote the summary to {out_dir}")
   return summary
 
 
