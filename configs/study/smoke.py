@@ -19,8 +19,9 @@ def get_config():
   base.model.path = "{study}/demo/model"
   base.data.path = "{study}/demo/data/train.json"
   base.data.eval_path = "{study}/demo/data/eval.json"
-  base.train.steps, base.train.batch_size, base.train.log_every = 6, 8, 1
-  base.checkpoint.every_steps = 3
+  base.data.max_length = 80
+  base.train.steps, base.train.batch_size, base.train.log_every = 4, 4, 1
+  base.checkpoint.every_steps = 2
   base.eval.exact_match_examples, base.eval.max_new_tokens = 8, 3
 
   config = ml_collections.ConfigDict()
@@ -29,13 +30,13 @@ def get_config():
       base=base,
       # (name, overrides) pairs, in order; overrides are dotted keys of the base.
       conditions=(
-          ("alpha_0", {"neftune.alpha": 0.0}),
-          ("alpha_5", {"neftune.alpha": 5.0}),
+          ("clean", {}),
+          ("typo_20", {"data.noise.kind": "typo", "data.noise.rate": 0.2}),
       ),
-      control="alpha_0",
+      control="clean",
       seeds=(0, 1),
       stages=("train",),
-      contrasts={"neftune": ("alpha_5", "alpha_0")},
+      contrasts={"typo": ("typo_20", "clean")},
       analyze=dict(max_examples=16, max_tokens=256),
   )
   return config

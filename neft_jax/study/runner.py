@@ -47,9 +47,12 @@ def select_cells(text: str, count: int) -> list[int]:
   except ValueError:
     raise UserError(f"--cells={text} is not i/n; give two integers such as --cells=0/4 (cells "
                     "0, 4, 8, ... of the grid)") from None
-  if ways < 1 or not 0 <= start < ways:
-    raise UserError(f"--cells={text} is out of range: i/n needs n >= 1 and 0 <= i < n, e.g. "
-                    f"--cells=0/{max(ways, 1)} to --cells={max(ways, 1) - 1}/{max(ways, 1)}")
+  if ways < 1:
+    raise UserError(f"--cells={text} is out of range: n, the number of tasks sharing the grid, "
+                    "must be at least 1")
+  if not 0 <= start < ways:
+    raise UserError(f"--cells={text} is out of range: with n={ways} tasks, i is one of 0 to "
+                    f"{ways - 1} (--cells=0/{ways} ... --cells={ways - 1}/{ways})")
   return list(range(start, count, ways))
 
 
