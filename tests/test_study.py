@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -325,3 +326,36 @@ def test_summarize_only_reads_whatever_finished(straight_study, tmp_path):
   rows = (study_dir / "summary.csv").read_text().splitlines()[1:]
   assert [row.split(",")[:2] for row in rows] == [["typo_20", "0"], ["typo_20", "1"]]
   assert not (study_dir / "cells" / "clean").exists()  # nothing ran
+
+
+# The SLURM launcher ---------------------------------------------------------------------------
+
+def test_slurm_array_then_summary(tmp_path):
+  """Stand-ins for sbatch, srun and python record how each mode calls them."""
+  log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, reply in (("sbatch", "4242;cluster"), ("srun", ""), ("python", "")):
+    stub = bin_dir / name
+    stub.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> {log}\necho "{reply}"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  env |= {"PATH": f"{bin_dir}:{env['PATH']}"}
+  args = ["bash", "launch/study_slurm.sbatch", "3", "configs/study/smoke.py", "/shared/study",
+          "--config.study.seeds=(0,1,2)"]
+  out = subprocess.run(args, cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+  assert out.strip().endswith("submitted the array job 4242 (3 tasks) and the summary job 4242 "
+                              "after it")
+  subprocess.run(args, cwd=REPO, check=True, env=env | {
+      "SLURM_JOB_ID": "4243", "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3"})
+  subprocess.run(args, cwd=REPO, check=True, env=env | {"SLURM_JOB_ID": "4244"})
+  script, rest = "launch/study_slurm.sbatch", "3 configs/study/smoke.py /shared/study"
+  flags = "--config=configs/study/smoke.py --workdir=/shared/study"
+  assert log.read_text().splitlines() == [
+      f"sbatch --parsable --array=0-2 --gpus-per-task=1 {script} {rest} --config.study.seeds=(0,1,2)",
+      f"sbatch --parsable --dependency=afterany:4242 --job-name=neft_jax_study_summary {script} "
+      f"{rest} --config.study.seeds=(0,1,2)",
+      f"srun --kill-on-bad-exit=1 python -m neft_jax.study {flags} --cells=2/3 "
+      "--config.study.seeds=(0,1,2)",
+      f"python -m neft_jax.study {flags} --summarize_only --config.study.seeds=(0,1,2)"]
+  bad = subprocess.run([*args[:2], "0", *args[3:]], cwd=REPO, env=env, capture_output=True, text=True)
+  assert bad.returncode == 1 and bad.stderr.startswith("error: TASKS=0 must be a whole number")
