@@ -201,6 +201,21 @@ def test_config_check_names_what_plain_text_cannot_do(key, value, message):
   assert any(message in problem for problem in config_check.problems(config))
 
 
+def test_every_pretrain_key_has_a_check():
+  def leaf_keys(config, prefix=""):
+    for name, value in config.items():
+      if hasattr(value, "items"):
+        yield from leaf_keys(value, f"{prefix}{name}.")
+      else:
+        yield prefix + name
+  keys = set(leaf_keys(pretrain_small.get_config().pretrain, "pretrain."))
+  assert keys and keys <= set(config_check.rules())
+  config = pretrain_small.get_config()
+  config.pretrain.model.num_kv_heads = 3
+  assert config_check.problems(config) == [
+      "pretrain.model.num_heads=4 is not a multiple of pretrain.model.num_kv_heads=3"]
+
+
 def tiny_pretrain_config(tmp_path, corpus, **changes):
   """configs/pretrain_small.py shrunk: a 2-layer width-32 model, 4 steps of 4 rows of 32."""
   config = pretrain_small.get_config()
