@@ -4,6 +4,10 @@ import os
 
 # No test may reach the network: hub look-ups fail at once instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The suite's programs are tiny, and LLVM's optimization of them was most of its time:
+# compile without it (here and in the runs tests start as subprocesses).
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
