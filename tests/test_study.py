@@ -359,3 +359,27 @@ def test_slurm_array_then_summary(tmp_path):
       f"python -m neft_jax.study {flags} --summarize_only --config.study.seeds=(0,1,2)"]
   bad = subprocess.run([*args[:2], "0", *args[3:]], cwd=REPO, env=env, capture_output=True, text=True)
   assert bad.returncode == 1 and bad.stderr.startswith("error: TASKS=0 must be a whole number")
+
+
+def test_evaluate_and_analyze_stages(straight_study, tmp_path):
+  """A finished cell's run, given the evaluate and analyze stages: its responses' metrics
+  (gen_*) join cell.json and the analysis against the base model is in analysis/."""
+  study, straight_dir = straight_study
+  study = spec.Study(**{**study.__dict__, "stages": ("train", "evaluate", "analyze"),
+                        "seeds": (0,)})
+  study.conditions = {"clean": study.conditions["clean"]}
+  study.condition_pairs, study.contrasts = (("clean", study.conditions["clean"]),), {}
+  study_dir = tmp_path / "study"
+  shutil.copytree(straight_dir / "cells" / "clean" / "seed0", study_dir / "cells" / "clean" / "seed0")
+  (study_dir / "cells" / "clean" / "seed0" / "cell.json").unlink()
+  runner.run(study, str(study_dir), cache_dir="")
+  cell = json.loads((study_dir / "cells" / "clean" / "seed0" / "cell.json").read_text())
+  straight = json.loads((straight_dir / "cells" / "clean" / "seed0" / "cell.json").read_text())
+  for name, value in straight["metrics"].items():  # the run, resumed at its end, is the same
+    assert cell["metrics"][name] == value
+  generated = {name for name in cell["metrics"] if name.startswith("gen_")}
+  assert {"gen_mean_words", "gen_exact_match", "gen_rouge_l"} <= generated
+  analysis = study_dir / "cells" / "clean" / "seed0" / "analysis"
+  assert {"analysis.json", "analysis.csv", "analysis.md"} <= set(os.listdir(analysis))
+  about = json.loads((analysis / "analysis.json").read_text())
+  assert about["base"] == study.base.model.path

@@ -23,6 +23,7 @@ def get_config():
   base.train.steps, base.train.batch_size, base.train.log_every = 4, 4, 1
   base.checkpoint.every_steps = 2
   base.eval.exact_match_examples, base.eval.max_new_tokens = 8, 3
+  base.generate.max_new_tokens, base.generate.batch_size = 4, 8  # the evaluate stage
 
   config = ml_collections.ConfigDict()
   config.study = dict(

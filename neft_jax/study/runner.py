@@ -9,8 +9,10 @@ killed resumes from its latest checkpoint (`neft_jax.train.train` on the same
 workdir does). DIR/study.json holds the resolved study; a second start with
 another grid is refused before anything runs. Compiled steps are shared
 between cells through JAX's persistent compilation cache (DIR/.jax_cache by
-default), so a seed after the first, or a condition that only changes values,
-compiles nothing.
+default), so a seed after the first, or a condition that only changes the
+data, compiles nothing. What a cell's stages print (eval lines, answers,
+tables) goes to its console.log; the console keeps the log lines, warnings,
+progress bars and one line per cell.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
 CELL_FILE = "cell.json"
+CONSOLE_FILE = "console.log"
 CACHE_DIR = ".jax_cache"
 ANALYSIS_DIR = "analysis"
 # train_loss: the mean of the losses logged over the last tenth of the steps (at least the last).
@@ -156,23 +159,28 @@ def run_cell(study: spec.Study, cell: spec.Cell, study_dir: str) -> dict | None:
   workdir = os.path.join(study_dir, cell.path)
   config = spec.cell_config(study, cell, study_dir)
   start = time.perf_counter()
-  result = train.train(config, workdir)
-  if result.get("preempted"):
-    return None
-  metrics = cell_metrics(workdir)
-  examples = {name: [float(v) for v in values]
-              for name, values in result.get("examples", {}).items()}
-  if "evaluate" in study.stages:
-    from neft_jax import evaluate
-    summary = evaluate.evaluate(config, workdir=workdir)
-    for name, value in summary.items():
-      if (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and name != "step" and not name.startswith(("eval_", "test_"))):
-        metrics[f"gen_{name}"] = float(value)
-  if "analyze" in study.stages:
-    from neft_jax import analyze
-    analyze.analyze(base_model_path(study, study_dir), [workdir],
-                    os.path.join(workdir, ANALYSIS_DIR), **study.analyze)
+  os.makedirs(workdir, exist_ok=True)
+  # What the stages print (eval results, answers, tables) goes to the cell's console.log;
+  # the log lines, warnings and the progress bar stay on the console.
+  with open(os.path.join(workdir, CONSOLE_FILE), "a", encoding="utf-8") as console, \
+      contextlib.redirect_stdout(console):
+    result = train.train(config, workdir)
+    if result.get("preempted"):
+      return None
+    metrics = cell_metrics(workdir)
+    examples = {name: [float(v) for v in values]
+                for name, values in result.get("examples", {}).items()}
+    if "evaluate" in study.stages:
+      from neft_jax import evaluate
+      summary = evaluate.evaluate(config, workdir=workdir)
+      for name, value in summary.items():
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and name != "step" and not name.startswith(("eval_", "test_"))):
+          metrics[f"gen_{name}"] = float(value)
+    if "analyze" in study.stages:
+      from neft_jax import analyze
+      analyze.analyze(base_model_path(study, study_dir), [workdir],
+                      os.path.join(workdir, ANALYSIS_DIR), **study.analyze)
   content = {"condition": cell.condition, "seed": cell.seed, "index": cell.index,
              "metrics": metrics, "examples": examples,
              "seconds": round(time.perf_counter() - start, 3)}
@@ -224,6 +232,8 @@ def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only
         return []
       seconds.append(content["seconds"])
       left = len(todo) - len(seconds)
+      # The first cell of a run also compiles the steps the others find in the cache.
+      per_cell = float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
       log.info("%s: %s done in %.1f s; ~%.0f s left", label, stages, content["seconds"],
-               left * float(np.mean(seconds)))
+               left * per_cell)
   return summary.summarize(study_dir, study) if is_main else []
