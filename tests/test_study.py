@@ -176,6 +176,30 @@ def test_cells_out_of_range_is_one_error_line(tmp_path, capsys, cells, expected)
   assert not os.path.exists(workdir)
 
 
+def test_demo_files_per_cell_are_refused(tmp_path, capsys):
+  """The demo's own {workdir} paths would give every cell its own model, seeded by the cell."""
+  config = smoke_config()
+  config.study.base.model.path = "{workdir}/demo/model"
+  assert run_main(Flags(config, tmp_path / "study"), capsys) == [
+      "error: study.base model.path='{workdir}/demo/model': with {workdir} every cell would make "
+      "its own demo model and data, seeded by the cell's seed; put them in the study's folder, "
+      "shared by every cell: '{study}/demo/...'"]
+
+
+def test_a_study_file_loads_with_its_argument(tmp_path):
+  study = spec.load(os.path.join(REPO, "configs", "study", "smoke.py"))
+  assert list(study.conditions) == ["clean", "typo_20"] and study.seeds == (0, 1)
+  path = tmp_path / "grid.py"
+  path.write_text("from configs.study import smoke\n\n"
+                  "def get_config(arg='2'):\n"
+                  "  config = smoke.get_config()\n"
+                  "  config.study.seeds = tuple(range(int(arg)))\n"
+                  "  return config\n")
+  assert spec.load(f"{path}:3").seeds == (0, 1, 2) and spec.load(str(path)).seeds == (0, 1)
+  with pytest.raises(UserError, match="nope.py does not exist; give a study config such as"):
+    spec.load(str(tmp_path / "nope.py"))
+
+
 def test_a_changed_grid_is_refused(tmp_path, capsys):
   workdir = tmp_path / "study"
   workdir.mkdir()
@@ -383,3 +407,20 @@ def test_evaluate_and_analyze_stages(straight_study, tmp_path):
   assert {"analysis.json", "analysis.csv", "analysis.md"} <= set(os.listdir(analysis))
   about = json.loads((analysis / "analysis.json").read_text())
   assert about["base"] == study.base.model.path
+
+
+def test_classification_cell_has_per_example_test_accuracy(demo_assets, tmp_path):
+  """A one-cell study on tests/data's tiny classification reviews: cell.json's examples hold
+  1/0 per test example, in the test split's order, and their mean is test_accuracy."""
+  from tests.data.test_classification import classification_run_config, reviews
+  base = classification_run_config(demo_assets, reviews(tmp_path))
+  base.train.steps = 2
+  config = ml_collections.ConfigDict()
+  config.study = dict(name="classification", base=base, conditions=(("clean", {}),),
+                      control="clean", seeds=(0,), stages=("train",), contrasts={})
+  runner.run(spec.from_config(config), str(tmp_path / "study"), cache_dir="")
+  cell = json.loads((tmp_path / "study" / "cells" / "clean" / "seed0" / "cell.json").read_text())
+  test, held_out = cell["examples"]["test_accuracy"], cell["examples"]["eval_accuracy"]
+  assert len(test) == len(held_out) == 8 and set(test) | set(held_out) <= {0.0, 1.0}
+  assert np.mean(test) == pytest.approx(cell["metrics"]["test_accuracy"], abs=1e-12)
+  assert np.mean(held_out) == pytest.approx(cell["metrics"]["eval_accuracy"], abs=1e-12)
