@@ -1,4 +1,4 @@
-"""Test set-up: 8 simulated CPU devices, float32 matmuls, and the shared data folder."""
+"""Test set-up: 8 simulated CPU devices, float32 matmuls, quick compiles, and the shared data folder."""
 
 import os
 
