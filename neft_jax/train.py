@@ -206,9 +206,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   chunk = loss.chunk_size_for(config.train.loss_chunk_size, model_config.vocab_size)
   if is_main:
     dropout.write_rates(workdir / DROPOUT_RATES_FILE, site_rates, config.dropout)
-  log.info("dropout (%s, %s): rate of every site, layer by layer; all in %s\n%s",
-           config.dropout.mode, config.dropout.distribution, DROPOUT_RATES_FILE,
-           "\n".join(dropout.describe(site_rates, model_config.num_layers)))
+  if config.dropout.mode == "none":
+    log.info("dropout: off (dropout.mode=none)")
+  else:
+    log.info("dropout (%s, %s): rate of every site, layer by layer; all in %s\n%s",
+             config.dropout.mode, config.dropout.distribution, DROPOUT_RATES_FILE,
+             "\n".join(dropout.describe(site_rates, model_config.num_layers)))
   dropout_rates = jax.device_put(dropout.rates_by_type(site_rates, model_config.num_layers),
                                  sharding.replicated(mesh))
   train_step = jax.jit(steps.make_train_step(graphdef, optimizer, learning_rate, noise, chunk,

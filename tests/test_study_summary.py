@@ -237,7 +237,7 @@ def test_summary_md_arithmetic_by_hand(tmp_path):
   assert md_row(other, "test_accuracy")[4] == "4 examples only (1 seed)"
   # The named contrast noisy - other, seed 0: accuracy (1,1,1,0) - (1,0,0,1) = 0.25.
   assert md_row(named, "test_accuracy")[1:3] == ["1", "0.25"]
-  assert "No seed finished in both with: extra." in named
+  assert "Not compared (no seed of both conditions has them): extra." in named
   # Wall times only here: control 11 + 13 s.
   assert md_row(section(text, "## Cell time"), "control", "2") == ["control", "2", "12.0", "24.0"]
 

@@ -269,7 +269,8 @@ def markdown(study, cells: list[dict], missing: list[tuple[str, int]], figures: 
       lines += _table(["metric", "seeds", "a − b", f"{percent} interval", "resampled over",
                        "verdict"], rows) + [""]
     if unpaired:
-      lines += ["No seed finished in both with: " + ", ".join(unpaired) + ".", ""]
+      lines += ["Not compared (no seed of both conditions has them): " + ", ".join(unpaired)
+                + ".", ""]
 
   lines += ["## Cell time", "", "Wall seconds per finished cell (not in summary.csv).", ""]
   rows = []
