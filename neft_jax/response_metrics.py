@@ -136,12 +136,16 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
   return _mean(scores)
 
 
+def exact_matches(predictions: Sequence[str], references: Sequence[str]) -> list[bool]:
+  """Per prediction: equal to its reference after stripping surrounding whitespace."""
+  _check_pairs(predictions, references, "exact_match")
+  return [prediction.strip() == reference.strip()
+          for prediction, reference in zip(predictions, references)]
+
+
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
   """Fraction of predictions equal to their reference after stripping surrounding whitespace."""
-  _check_pairs(predictions, references, "exact_match")
-  matches = [prediction.strip() == reference.strip()
-             for prediction, reference in zip(predictions, references)]
-  return _mean(matches)
+  return _mean(exact_matches(predictions, references))
 
 
 def summarize(predictions: Sequence[str], references: Sequence[str] | None = None,

@@ -30,7 +30,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from neft_jax import (checkpoint, cli, config_check, demo, dropout, held_out, loss, metrics,
-                      multihost, optim, run, sharding, steps)
+                      multihost, optim, response_metrics, run, sharding, steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -304,9 +304,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   examples = {f"{split}_{name}": values for split, results in evaluator.examples.items()
               for name, values in results.items()}
   if "answers" in after:  # exact match, each answer against its record's output
-    examples["eval_exact_match"] = np.array([
-        float(answer.strip() == record.output.strip())
-        for record, answer in zip(eval_set.records, after["answers"])])
+    answers = after["answers"]
+    examples["eval_exact_match"] = np.array(response_metrics.exact_matches(
+        answers, [record.output for record in eval_set.records[:len(answers)]]), np.float64)
   return {"before": before, "after": after, "steps": last_step, "state": state, "preempted": False,
           "examples": examples}
 
