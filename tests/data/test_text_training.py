@@ -1,7 +1,6 @@
 """Plain-text training (data.template="text"): the loss on every token, packing, chunking,
 noise, a run from scratch that resumes exactly, evaluation, and bad input."""
 
-import contextlib
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from neft_jax.data import batching, pipeline, sources, templates
 from neft_jax.demo import train_tokenizer
 from neft_jax.errors import UserError
 from neft_jax.models.transformer import default_positions
+from neft_jax.study.runner import compilation_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = ("the quick brown fox jumps over the lazy dog while a stitch in time saves nine and "
@@ -279,28 +279,9 @@ def corpus(tmp_path_factory):
   return path
 
 
-@contextlib.contextmanager
-def compilation_cache(directory):
-  """JAX's persistent compilation cache in `directory` for the block: the three runs compile
-  the same programs, so the second and third load them."""
-  from jax.experimental.compilation_cache import compilation_cache as cache
-  settings = {"jax_compilation_cache_dir": str(directory),
-              "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {name: jax.config.values[name] for name in settings}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  cache.reset_cache()
-  try:
-    yield
-  finally:
-    for name, value in saved.items():
-      jax.config.update(name, value)
-    cache.reset_cache()
-
-
 def test_text_run_from_scratch_resumes_exactly_and_evaluates(tmp_path, corpus, capsys):
-  with compilation_cache(tmp_path / "jax_cache"):
+  # The three runs share compiled steps through a persistent cache, as a study's cells do.
+  with compilation_cache(str(tmp_path / "jax_cache")):
     _resume_and_evaluate(tmp_path, corpus, capsys)
 
 
