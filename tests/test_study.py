@@ -149,6 +149,9 @@ BAD_STUDIES = {
     "bad_value": (dict(conditions=(("clean", {"neftune.alpha": -1.0}), ("typo_20", {}))),
                   "error: condition 'clean': neftune.alpha=-1.0 must be >= 0 (set them in the "
                   "config file or with --config.KEY=VALUE)"),
+    "metrics_a_string": (dict(metrics="test_accuracy"),
+                         "error: study.metrics='test_accuracy' must be a tuple of metric names, "
+                         "e.g. ('test_accuracy', 'eval_loss')"),
 }
 
 

@@ -201,6 +201,24 @@ def section(text, title):
   return text[start:end if end >= 0 else None]
 
 
+def test_headline_metrics_choose_the_contrasts_and_the_figure(tmp_path):
+  """study.metrics: only those in the contrasts and the metrics figure; every metric stays in
+  summary.csv and the per-condition table; a name no cell has is said so."""
+  write_table(tmp_path)
+  study = make_study(metrics=("test_accuracy", "gen_rouge_l"))
+  summary.summarize(str(tmp_path), study, draw=False)
+  text = (tmp_path / "summary.md").read_text()
+  assert (tmp_path / "summary.csv").read_text() == EXPECTED_CSV
+  assert md_row(section(text, "## Per condition"), "eval_loss")[0] == "eval_loss"
+  noisy = section(text, "### noisy vs control: a = noisy, b = control")
+  assert md_row(noisy, "test_accuracy")[1] == "2"
+  assert "| eval_loss |" not in noisy and "| extra |" not in noisy
+  assert ("study.metrics names gen_rouge_l, which no finished cell has; the metrics there are: "
+          "eval_loss, extra, test_accuracy.") in text
+  assert summary.headline_names(summary.load_cells(str(tmp_path), study)[0], study) == [
+      "test_accuracy"]
+
+
 def test_summary_md_arithmetic_by_hand(tmp_path):
   write_table(tmp_path)
   summary.summarize(str(tmp_path), make_study(), draw=False)

@@ -19,6 +19,9 @@ section:
     study.stages      what each cell does: ("train",), then "evaluate", then "analyze"
     study.contrasts   name -> (condition, condition), the comparisons the summary makes
     study.analyze     optional: keyword arguments of the analyze stage (max_examples=64, ...)
+    study.metrics     optional: the headline metrics the contrasts and the metrics figure
+                      show (default: every metric; summary.csv and the per-condition
+                      table always hold every metric)
 
 Each cell's config is the base with its condition's overrides and `seed` set
 to the cell's seed; `data.split_seed` is the base's for every cell, so every
@@ -62,6 +65,8 @@ class Study:
   condition_pairs: tuple[tuple[str, dict], ...] = ()
   # Keyword arguments of neft_jax.analyze.analyze for the analyze stage (max_examples, ...).
   analyze: dict = dataclasses.field(default_factory=dict)
+  # The headline metrics of the contrasts and the metrics figure (empty: every metric).
+  metrics: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +122,15 @@ def from_config(config: ml_collections.ConfigDict) -> Study:
       stages=tuple(section.get("stages", ("train",))),
       contrasts=contrasts,
       condition_pairs=pairs,
-      analyze=dict(section.get("analyze", {})))
+      analyze=dict(section.get("analyze", {})),
+      metrics=_metric_names(section.get("metrics", ())))
+
+
+def _metric_names(metrics) -> tuple[str, ...]:
+  if isinstance(metrics, str) or not all(isinstance(name, str) for name in metrics):
+    raise UserError(f"study.metrics={metrics!r} must be a tuple of metric names, e.g. "
+                    "('test_accuracy', 'eval_loss')")
+  return tuple(metrics)
 
 
 def _condition_pairs(conditions) -> tuple[tuple[str, dict], ...]:

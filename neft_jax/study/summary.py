@@ -128,6 +128,15 @@ def metric_names(cells: list[dict]) -> list[str]:
   return sorted({name for cell in cells for name in cell["values"]})
 
 
+def headline_names(cells: list[dict], study) -> list[str]:
+  """study.metrics in its order (those some cell has), or else every metric."""
+  chosen = getattr(study, "metrics", ())
+  if not chosen:
+    return metric_names(cells)
+  present = set(metric_names(cells))
+  return [name for name in chosen if name in present]
+
+
 def condition_stats(cells: list[dict], study) -> dict[str, dict[str, tuple[float, float, int]]]:
   """{condition: {metric: (mean, std, n)}} over the seeds that have the metric."""
   out = {}
@@ -252,9 +261,14 @@ def markdown(study, cells: list[dict], missing: list[tuple[str, int]], figures: 
               "the spread between seeds (with 2 or 3 seeds, a metric without per-example values "
               "gets the range of its paired differences as its interval): read the verdicts as "
               "provisional.", ""]
+  chosen = getattr(study, "metrics", ())
+  absent = [name for name in chosen if name not in names]
+  if absent:
+    lines += [f"study.metrics names {', '.join(absent)}, which no finished cell has; the "
+              f"metrics there are: {', '.join(names)}.", ""]
   for title, a, b in comparisons(study):
     rows, unpaired = [], []
-    for name in names:
+    for name in headline_names(cells, study):
       result = compare(cells, a, b, name, n_resamples=n_resamples, seed=seed,
                        confidence=confidence)
       if not result["seeds"]:
@@ -330,7 +344,7 @@ def figures(study_dir: str, study, cells: list[dict]) -> list[str]:
     plt.close(figure)
     paths.append(path)
 
-  names = metric_names(cells)
+  names = headline_names(cells, study)
   if names:
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
