@@ -136,6 +136,11 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
         if fragment in reason:
           return f"--{name}.{key}={value}: {key} must be {kind}"
     return " ".join(text.split())
+  if isinstance(e, ModuleNotFoundError) and str(e.name).split(".")[0] == "configs":
+    name = next(iter(_config_flag_names()), "config")
+    return (f"--{name}={_flag_argument(name, argv)} imports {e.name}, which is found from the "
+            "repository's root: run the command from there (configs that build on others, such "
+            "as configs/demo_guided.py and configs/study/*.py, import configs/*.py)")
   return f"{type(e).__name__}: {_last_line(str(e))}"
 
 

@@ -249,3 +249,15 @@ def test_no_log_file_when_the_folder_is_never_made(tmp_path):
     cli.log_to(str(tmp_path / "run" / "train.log"))
     logging.getLogger("neft_jax.train").info("a line")
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_config_importing_configs_from_elsewhere_says_where_to_run():
+  """configs/demo_guided.py and configs/study/*.py import configs/*.py, found from the root."""
+  error = ModuleNotFoundError("No module named 'configs'", name="configs")
+  message = cli._flag_error(error, ["--config=/elsewhere/configs/demo_guided.py"])
+  assert message == (
+      "--config=/elsewhere/configs/demo_guided.py imports configs, which is found from the "
+      "repository's root: run the command from there (configs that build on others, such as "
+      "configs/demo_guided.py and configs/study/*.py, import configs/*.py)")
+  other = ModuleNotFoundError("No module named 'yaml'", name="yaml")
+  assert cli._flag_error(other, []) == "ModuleNotFoundError: No module named 'yaml'"
