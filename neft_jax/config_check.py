@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from typing import Callable
 
 import ml_collections
@@ -112,6 +113,19 @@ def name_list(choices=None, *, distinct: bool = True) -> Check:
   return check
 
 
+def existing_paths(value) -> str | None:
+  """data.exclude: a tuple of local files or folders that exist ({...} placeholders are
+  filled later, so those are checked when read)."""
+  problem = name_list(distinct=True)(value)
+  if problem:
+    return problem.replace("names", "paths", 1)
+  missing = [p for p in names(value) if "{" not in p and not os.path.exists(p)]
+  if missing:
+    return (f"names {missing[0]!r}, which does not exist; give local files (.txt, .json, "
+            ".jsonl, .csv, .parquet) or an rt-polarity folder, or drop it from data.exclude")
+  return None
+
+
 def sharding_rules(mesh_axes) -> Check:
   """(logical name, None | mesh axis | mesh axes) pairs."""
   def check(value):
@@ -178,6 +192,8 @@ def rules() -> dict[str, Check]:
       "data.test_split": name,
       "data.test_size": held_out_size,
       "data.split_seed": integer(0),
+      "data.exclude": existing_paths,
+      "data.train_fraction": number(0, 1, low_open=True),
       "data.labels": name_list(),
       "data.instruction": text,
       "data.noise.kind": one_of(("none",) + noise.KINDS),

@@ -35,6 +35,8 @@ def base() -> ml_collections.ConfigDict:
       test_path="",     # a test split, scored at the end; if empty, data.test_size records of data.path
       test_split="test",
       test_size=0.0,    # count or fraction of data.path held out for test (stratified by label)
+      exclude=(),       # files whose records are dropped from data.path (neft_jax/data/dedup.py)
+      train_fraction=1.0,  # a seeded share of the training split (stratified by label), by split_seed
       split_seed=0,     # the held-out splits' seed (not the run's seed: every run gets the same ones)
       template="alpaca",  # alpaca | chat (the tokenizer's template) | text (plain text)
       max_length=512,

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from neft_jax.config_check import names
-from neft_jax.data import noise, templates, text
+from neft_jax.data import dedup, noise, templates, text
 from neft_jax.data.sources import Fields, Record, load_classification, load_records
 from neft_jax.data.tokenize import TokenizedSet, tokenize
 from neft_jax.errors import UserError
@@ -130,6 +130,9 @@ def split_records(config: ml_collections.ConfigDict) -> Splits:
   """Training, eval and test records: data.eval_path / data.test_path, or data.eval_size /
   data.test_size records of data.path held out (stratified by label for classification)."""
   records = _load(config, config.path, config.split, "data.path")
+  exclude = names(config.get("exclude", ()))
+  if exclude:  # whatever is evaluated elsewhere (neft_jax/data/dedup.py)
+    records, _ = dedup.drop_excluded(records, exclude)
   out = Splits({}, {}, {})
   held_out = {}
   for split, path_key, size_key in (("eval", "eval_path", "eval_size"),
@@ -159,6 +162,15 @@ def split_records(config: ml_collections.ConfigDict) -> Splits:
       out.indices[split] = chosen
       out.sources[split] = "data.path"
   out.indices["train"] = np.flatnonzero(~taken)
+  fraction = config.get("train_fraction", 1.0)
+  if fraction < 1:  # a seeded (stratified) share of the training split, the same for every seed
+    train = out.indices["train"]
+    count = max(1, int(round(fraction * len(train))))
+    order = held_out_order([records[i] for i in train], config.split_seed + 1,
+                           stratify=config.format == "classification")
+    out.indices["train"] = train[np.sort(order[:count])]
+    log.info("data: data.train_fraction=%g keeps %d of %d training records", fraction, count,
+             len(train))
   out.records["train"] = [records[i] for i in out.indices["train"]]
   out.sources["train"] = "data.path"
   return out
