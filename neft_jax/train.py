@@ -160,9 +160,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                                    packing=config.data.packing, seed=config.seed, layout=layout,
                                    epochs=config.train.epochs, steps=config.train.steps)
   total_steps = len(train_data)
-  log.info("train: %d examples (%d cut at max_length, %d dropped) in %d rows, %.0f%% real "
-           "tokens; %d steps (%d per epoch); eval: %d examples; test: %d", len(train_set),
-           train_set.num_truncated, train_set.num_dropped, train_data.num_rows,
+  cut = ("" if pipeline.is_text(data_config)  # text: chunk counts logged with the split
+         else f" ({train_set.num_truncated} cut at max_length, {train_set.num_dropped} dropped)")
+  log.info("train: %d examples%s in %d rows, %.0f%% real tokens; %d steps (%d per epoch); "
+           "eval: %d examples; test: %d", len(train_set), cut, train_data.num_rows,
            100 * train_data.fill, total_steps, train_data.steps_per_epoch, len(eval_set),
            len(test_set))
   if not len(eval_set):
