@@ -1,0 +1,80 @@
+"""What the miniature replications (issue 14) share: options, data files, splits, the base.
+
+Every replicate/study config takes the same argument, big_vision style:
+
+    --config=configs/study/neftune.py:data=DIR,runs=DIR
+
+  data   the shared data folder (default: $NEFT_JAX_SHARED_DATA, else ../shared/data)
+  runs   where the replications' own files are (default: runs/replicate), relative to
+         the repository root: corpus.jsonl and heldout_sentences.txt
+         (configs/replicate/prep_corpus.py), base/ (the pretraining run of
+         configs/replicate/base.py), base_hf/ (its export, the studies' model.path)
+         and fisher.json (the Fisher scores of the pretraining corpus, for study C)
+
+The rt-polarity split is fixed here once for the corpus and studies B and C:
+SENTIMENT_SPLIT holds 5% of the 10,662 sentences out for test (533) and 2% for
+eval (213), stratified by label, split_seed 0. The pretraining corpus takes only
+the rest (the training split), so no evaluated sentence is pretrained on.
+"""
+
+import os
+
+SENTIMENT_SPLIT = dict(test_size=0.05, eval_size=0.02, split_seed=0)
+SENTIMENT_INSTRUCTION = "Classify the sentiment of this movie review as positive or negative."
+
+# The base model of configs/replicate/base.py (1.31M parameters, configs/pretrain_small.py's shape).
+BASE_MODEL = dict(embed_dim=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                  mlp_dim=384, max_positions=256, initializer_range=0.08)
+
+
+def options(arg: str = "") -> dict[str, str]:
+  """"data=DIR,runs=DIR" -> {"data": ..., "runs": ...} with the defaults filled in."""
+  parsed = {"data": os.environ.get("NEFT_JAX_SHARED_DATA", os.path.join("..", "shared", "data")),
+            "runs": os.path.join("runs", "replicate")}
+  for option in [part.strip() for part in (arg or "").split(",") if part.strip()]:
+    key, equals, value = option.partition("=")
+    if not equals or key not in parsed:
+      raise ValueError(f"unknown option {option!r}; use data=DIR (the shared data folder) "
+                       "and/or runs=DIR (the replications' files, default runs/replicate)")
+    parsed[key] = value
+  return parsed
+
+
+def files(opts: dict[str, str]) -> dict[str, str]:
+  """Every file the replications read or write, by role."""
+  data, runs = opts["data"], opts["runs"]
+  return dict(
+      alpaca_original=os.path.join(data, "alpaca", "alpaca_small_2000.json"),
+      alpaca_train=os.path.join(data, "alpaca", "alpaca_cleaned_0100_4999.json"),
+      alpaca_heldout=os.path.join(data, "alpaca", "alpaca_cleaned_0000_0099.json"),
+      alpaca_eval=os.path.join(data, "alpaca_eval", "text_davinci_003_model_outputs.json"),
+      sentiment=os.path.join(data, "sentiment"),
+      corpus=os.path.join(runs, "corpus.jsonl"),
+      heldout_sentences=os.path.join(runs, "heldout_sentences.txt"),
+      base_run=os.path.join(runs, "base"),
+      base_model=os.path.join(runs, "base_hf"),
+      fisher=os.path.join(runs, "fisher.json"),
+  )
+
+
+def sentiment_config(opts: dict[str, str]):
+  """Studies B and C's base: rt-polarity as instruction tuning of the pretrained base, with
+  SENTIMENT_SPLIT, from configs/sentiment.py's task definition."""
+  from configs import sentiment
+  paths = files(opts)
+  config = sentiment.get_config(f"clean,data={paths['sentiment']}")
+  config.model.path = paths["base_model"]
+  config.model.param_dtype = config.model.dtype = "float32"
+  config.data.update(SENTIMENT_SPLIT)
+  config.data.instruction = SENTIMENT_INSTRUCTION
+  config.data.max_length = 160
+  config.data.packing = True
+  config.neftune.alpha = 0.0
+  config.train.epochs = 0
+  config.train.batch_size = 16
+  config.train.log_every = 5
+  config.train.eval_every = 0  # eval before and after training only
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_ratio = 0.1
+  config.checkpoint.every_steps = 20
+  return config

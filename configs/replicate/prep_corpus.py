@@ -1,0 +1,69 @@
+"""Writes the base model's pretraining corpus and the rt-polarity held-out sentences.
+
+    python -m configs.replicate.prep_corpus [data=DIR,runs=DIR]
+
+into RUNS (default runs/replicate; see configs/replicate/common.py):
+
+  corpus.jsonl            one {"text": ...} document a line: the original-Alpaca
+                          records (alpaca_small_2000.json) flattened to text
+                          (instruction, input, output joined by a blank line), less
+                          every record whose normalized (instruction, input) is in
+                          the 100-record cleaned file or AlpacaEval's 805
+                          instructions (neft_jax/data/dedup.py); then the training
+                          split of the rt-polarity sentences (common.SENTIMENT_SPLIT)
+  heldout_sentences.txt   the eval and test sentences of that split, one a line:
+                          configs/replicate/base.py excludes them again (data.exclude)
+
+It prints the counts. The order is fixed (Alpaca in file order, then the
+negative and the positive sentences in file order), so the file is the same
+bytes every time.
+"""
+
+import json
+import logging
+import os
+import sys
+
+from configs.replicate import common
+from neft_jax import defaults
+from neft_jax.data import dedup, pipeline, templates
+from neft_jax.data.sources import load_records
+
+
+def sentiment_splits(paths):
+  data = defaults.base().data
+  data.path = paths["sentiment"]
+  data.format = "classification"
+  data.labels = ("negative", "positive")
+  data.instruction = common.SENTIMENT_INSTRUCTION
+  data.update(common.SENTIMENT_SPLIT)
+  return pipeline.split_records(data)
+
+
+def main(arg: str = "") -> dict[str, int]:
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  opts = common.options(arg)
+  paths = common.files(opts)
+  alpaca = load_records(paths["alpaca_original"])
+  kept, dropped = dedup.drop_excluded(alpaca, (paths["alpaca_heldout"], paths["alpaca_eval"]),
+                                      what=paths["alpaca_original"])
+  splits = sentiment_splits(paths)
+  documents = [templates.flatten(r) for r in kept] + [r.input for r in splits["train"]]
+  os.makedirs(opts["runs"], exist_ok=True)
+  with open(paths["corpus"], "w", encoding="utf-8") as f:
+    for document in documents:
+      f.write(json.dumps({"text": document}, ensure_ascii=False) + "\n")
+  held_out = [r.input for split in ("eval", "test") for r in splits[split]]
+  with open(paths["heldout_sentences"], "w", encoding="utf-8") as f:
+    f.write("".join(sentence + "\n" for sentence in held_out))
+  counts = dict(alpaca=len(kept), alpaca_dropped=dropped, sentences=len(splits["train"]),
+                held_out_sentences=len(held_out), documents=len(documents))
+  print(f"{paths['corpus']}: {len(kept)} Alpaca records ({dropped} dropped as evaluated "
+        f"elsewhere) + {len(splits['train'])} rt-polarity training sentences = "
+        f"{len(documents)} documents; {paths['heldout_sentences']}: {len(held_out)} held-out "
+        "sentences")
+  return counts
+
+
+if __name__ == "__main__":
+  main(sys.argv[1] if len(sys.argv) > 1 else "")
