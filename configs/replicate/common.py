@@ -70,7 +70,7 @@ def sentiment_config(opts: dict[str, str]):
   config.data.max_length = 160
   config.data.packing = True
   config.neftune.alpha = 0.0
-  config.train.epochs = 0
+  config.train.epochs = 1  # the studies set train.steps, which wins
   config.train.batch_size = 16
   config.train.log_every = 5
   config.train.eval_every = 0  # eval before and after training only

@@ -117,3 +117,28 @@ def test_real_alpaca_overlap():
   kept = pipeline.split_records(_data(small, exclude=(cleaned,)))["train"]
   assert len(kept) == len(small_rows) - len(shared)
   assert not {(r.instruction, r.input) for r in kept} & shared
+
+
+def test_replication_configs(tmp_path):
+  """configs/replicate and the three study grids: the corpus holds nothing evaluated, and
+  every study passes its checks (nothing is trained)."""
+  from configs.replicate import base, prep_corpus
+  from configs.study import guided_dropout, neftune, noise_types
+  from neft_jax.study import spec
+  arg = f"data={shared_data()},runs={tmp_path}"
+  counts = prep_corpus.main(arg)
+  assert counts["alpaca_dropped"] == 4 and counts["documents"] == counts["alpaca"] + counts[
+      "sentences"]
+  with open(tmp_path / "corpus.jsonl") as f:
+    corpus = {dedup.text_key(json.loads(line)["text"]) for line in f}
+  with open(tmp_path / "heldout_sentences.txt") as f:
+    held = {dedup.text_key(line) for line in f}
+  assert len(held) > 700 and not corpus & held
+  assert config_check.problems(base.get_config(arg)) == []
+  for module, cells in ((neftune, 6), (noise_types, 12), (guided_dropout, 18)):
+    study = spec.from_config(module.get_config(arg))
+    spec.validate(study)
+    assert len(spec.cells(study)) == cells and len(study.seeds) >= 3
+  study = spec.from_config(noise_types.get_config(arg))
+  test = pipeline.split_records(study.base.data)["test"]
+  assert {dedup.text_key(r.input) for r in test} <= held

@@ -1,0 +1,75 @@
+"""Study A (issue 14): NEFTune (Jain et al. 2023) in miniature, alpha 0 against 5, 3 seeds.
+
+    python -m neft_jax.study --config=configs/study/neftune.py --workdir=runs/study_neftune
+    (--config=configs/study/neftune.py:data=DIR,runs=DIR: configs/replicate/common.py)
+
+Fixed before any result was seen, and not to be tuned towards the paper's answer:
+
+- model: configs/replicate/base.py's pretrained 1.31M-parameter Llama (runs/replicate/base_hf)
+- data: the 4,900 cleaned-Alpaca training records (alpaca_cleaned_0100_4999.json) less the
+  one whose normalized (instruction, input) is in the 100-record cleaned file and any in
+  AlpacaEval's 805 (data.exclude); held out: the 100-record cleaned file (eval_loss)
+- conditions: alpha_0 (no noise, the control) and alpha_5 (NEFTune, alpha 5, uniform);
+  seeds 0, 1, 2; the same 100 steps of 8 packed rows of 256 tokens, learning rate 5e-4
+  (cosine, 5% warmup) for all
+- stages: train (train_loss, without noise: NEFTune is off outside the step's embedding
+  noise, and eval_loss on the held-out 100), then evaluate: greedy answers (repetition
+  penalty 1.2, as the paper decoded) to the 100 held-out prompts, up to 64 new tokens,
+  with the response metrics (length in chars and words, rep-2, diversity, log-diversity)
+
+Sizing (at most 30 minutes on 2 cores): about 1,090 tokens/s at 1.31M parameters
+(configs/replicate/base.py), so a cell's 100 steps x 2,048 tokens take about 190 s;
+its two evaluations of 100 records about 20 s, the evaluate stage's 100 answers about
+40 s, compiling about 25 s for the first cell of each alpha (the others load it from the
+study's compilation cache): about 250 to 275 s a cell, 6 cells, about 26 minutes.
+
+Not yet here (the later session's): the study's evaluate stage generates for the
+held-out split, not for --prompts, so the fixed sample of 200 AlpacaEval instructions,
+their saved outputs and ROUGE-L against text_davinci_003 need `neft_jax.evaluate
+--prompts` on each cell (or a study option for it).
+"""
+
+import ml_collections
+
+from configs.replicate import common
+from neft_jax.defaults import base as default_config
+
+
+def get_config(arg: str = ""):
+  paths = common.files(common.options(arg))
+  base = default_config()
+  base.model.path = paths["base_model"]
+  base.model.param_dtype = base.model.dtype = "float32"
+  base.data.path = paths["alpaca_train"]
+  base.data.eval_path = paths["alpaca_heldout"]
+  base.data.exclude = (paths["alpaca_heldout"], paths["alpaca_eval"])
+  base.data.template = "alpaca"
+  base.data.max_length = 256
+  base.data.packing = True
+  base.neftune.alpha = 0.0
+  base.train.steps = 100
+  base.train.batch_size = 8
+  base.train.log_every = 10
+  base.train.eval_every = 0  # before and after training
+  base.optim.learning_rate = 5e-4
+  base.optim.warmup_ratio = 0.05
+  base.checkpoint.every_steps = 50
+  base.eval.exact_match_examples = 100  # the held-out prompts the evaluate stage answers
+  base.generate.max_new_tokens = 64
+  base.generate.repetition_penalty = 1.2
+  base.generate.truncate_prompts = True  # 256 positions: prompt and answer must fit
+
+  config = ml_collections.ConfigDict()
+  config.study = dict(
+      name="neftune",
+      base=base,
+      conditions=(
+          ("alpha_0", {"neftune.alpha": 0.0}),
+          ("alpha_5", {"neftune.alpha": 5.0}),
+      ),
+      control="alpha_0",
+      seeds=(0, 1, 2),
+      stages=("train", "evaluate"),
+      contrasts={"neftune": ("alpha_5", "alpha_0")},
+  )
+  return config

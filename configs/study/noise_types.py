@@ -1,0 +1,55 @@
+"""Study B (issue 14): noise types (Li & Sen 2026) in miniature: clean, label, typo, grammar.
+
+    python -m neft_jax.study --config=configs/study/noise_types.py --workdir=runs/study_noise_types
+    (--config=configs/study/noise_types.py:data=DIR,runs=DIR: configs/replicate/common.py)
+
+Fixed before any result was seen, and not to be tuned towards the paper's answer:
+
+- model: configs/replicate/base.py's pretrained 1.31M-parameter Llama (runs/replicate/base_hf)
+- task: rt-polarity sentiment as instruction tuning (configs/sentiment.py's task), the
+  fixed stratified split of common.SENTIMENT_SPLIT (split_seed 0): 533 test sentences,
+  213 eval, 9,916 train; none of the eval and test sentences is in the pretraining corpus
+- conditions: clean (the control), label_30 (30% of the training labels flipped), typo_30
+  and grammar_30 (30% of the eligible words); seeds 0, 1, 2; 32 steps of 16 packed rows of
+  160 tokens, learning rate 1e-3 (cosine, 10% warmup), no NEFTune, no dropout
+- stages: train (test_accuracy, test_macro_f1 on the clean test split), evaluate, then
+  analyze against the base: weight change, CKA and attention JS by layer, and a linear
+  probe of the task by layer (probe_labels) on 64 held-out examples
+- contrasts: label vs typo and label vs grammar (each condition is also compared with clean)
+
+Sizing (at most 30 minutes on 2 cores), at about 1,090 tokens/s (configs/replicate/base.py):
+a cell's 32 steps x 2,560 tokens take about 75 s; scoring both labels of 213 eval sentences
+before and after training about 12 s, of the 533 test sentences about 25 s; the evaluate
+stage about 15 s (4 new tokens); analyze about 15 s: about 145 s a cell, 12 cells, about
+29 minutes. 0.1 is left out: the budget does not allow it.
+"""
+
+import ml_collections
+
+from configs.replicate import common
+
+
+def get_config(arg: str = ""):
+  base = common.sentiment_config(common.options(arg))
+  base.train.steps = 32
+  base.eval.exact_match_examples = 16  # the evaluate stage's answers: a few, 4 tokens each
+  base.generate.max_new_tokens = 4
+
+  config = ml_collections.ConfigDict()
+  config.study = dict(
+      name="noise_types",
+      base=base,
+      conditions=(
+          ("clean", {}),
+          ("label_30", {"data.noise.kind": "label", "data.noise.rate": 0.3}),
+          ("typo_30", {"data.noise.kind": "typo", "data.noise.rate": 0.3}),
+          ("grammar_30", {"data.noise.kind": "grammar", "data.noise.rate": 0.3}),
+      ),
+      control="clean",
+      seeds=(0, 1, 2),
+      stages=("train", "evaluate", "analyze"),
+      contrasts={"label_vs_typo": ("label_30", "typo_30"),
+                 "label_vs_grammar": ("label_30", "grammar_30")},
+      analyze=dict(max_examples=64, max_tokens=4096, probe_labels=True),
+  )
+  return config
