@@ -3,7 +3,7 @@
     normalize(text)                 the form two texts are compared in
     exclusion_keys(paths)           the keys of every record of the files at `paths`
     record_keys(record)             the keys of one Record of data.path
-    drop_excluded(records, paths)   (records kept, number dropped)
+    drop_excluded(records, paths)   (records kept, their indices in `records`)
 
 `data.exclude=("a.json", "b.txt")` drops from data.path's records (every split
 drawn from it) each record that one of those files also holds, so nothing
@@ -109,15 +109,16 @@ def record_keys(record: sources.Record) -> set[str]:
   return keys
 
 
-def drop_excluded(records: list, paths, *, what: str = "data.path") -> tuple[list, int]:
-  """`records` less those whose keys are in a file of `paths`; logs the counts per file."""
+def drop_excluded(records: list, paths, *, what: str = "data.path") -> tuple[list, list[int]]:
+  """`records` less those whose keys are in a file of `paths`, and the kept ones' indices in
+  `records`; logs the counts per file."""
   paths = tuple(paths)
   if not paths:
-    return records, 0
+    return records, list(range(len(records)))
   excluded = exclusion_keys(paths)
   every = set().union(*excluded.values())
-  kept, found = [], {path: 0 for path in paths}
-  for record in records:
+  kept, indices, found = [], [], {path: 0 for path in paths}
+  for index, record in enumerate(records):
     keys = record_keys(record)
     if keys & every:
       for path in paths:
@@ -125,7 +126,8 @@ def drop_excluded(records: list, paths, *, what: str = "data.path") -> tuple[lis
           found[path] += 1
     else:
       kept.append(record)
+      indices.append(index)
   dropped = len(records) - len(kept)
   log.info("data: dropped %d of %d records of %s found in %s", dropped, len(records), what,
            ", ".join(f"{path} ({count})" for path, count in found.items()))
-  return kept, dropped
+  return kept, indices

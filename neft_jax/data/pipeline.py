@@ -131,8 +131,10 @@ def split_records(config: ml_collections.ConfigDict) -> Splits:
   data.test_size records of data.path held out (stratified by label for classification)."""
   records = _load(config, config.path, config.split, "data.path")
   exclude = names(config.get("exclude", ()))
+  source = None  # each kept record's index in data.path, when data.exclude dropped some
   if exclude:  # whatever is evaluated elsewhere (neft_jax/data/dedup.py)
-    records, _ = dedup.drop_excluded(records, exclude)
+    records, kept = dedup.drop_excluded(records, exclude)
+    source = np.asarray(kept, dtype=np.int64)
   out = Splits({}, {}, {})
   held_out = {}
   for split, path_key, size_key in (("eval", "eval_path", "eval_size"),
@@ -173,6 +175,10 @@ def split_records(config: ml_collections.ConfigDict) -> Splits:
              len(train))
   out.records["train"] = [records[i] for i in out.indices["train"]]
   out.sources["train"] = "data.path"
+  if source is not None:  # indices into data.path's file(s), as without data.exclude
+    for split, where in out.sources.items():
+      if where == "data.path":
+        out.indices[split] = source[out.indices[split]]
   return out
 
 

@@ -49,6 +49,7 @@ def test_drop_counts_instruction_records(tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="neft_jax.data.dedup"):
     splits = pipeline.split_records(_data(train, exclude=(held, str(lines))))
   assert [(r.instruction, r.input) for r in splits["train"]] == [("Add the numbers.", "4, 5")]
+  assert list(splits.indices["train"]) == [3]  # its index in data.path's file, as without it
   assert f"data: dropped 4 of 5 records of data.path found in {held} (3), {lines} (1)" in \
       caplog.text
 
