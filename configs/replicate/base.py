@@ -24,8 +24,8 @@ training split, 256 positions.
 200 steps of 16 x 128 = 2,048 tokens at 1.31M parameters on a loaded machine, 1.88 s a
 step, about 1,090 tokens/s. 360 steps of 8 rows x 256 tokens (the same 2,048 tokens a
 step, rows twice as long so the studies' 256-token prompts are positions it has seen)
-are 737K tokens, about 1.4 passes over the corpus (about 1.9M characters, roughly
-0.5M tokens): 360 x 1.88 s = 677 s = 11.3 minutes of steps, plus about 1.5 for the
+are 737K tokens, about 1.5 passes over the corpus (1.85M characters, 326K words,
+roughly 0.5M tokens): 360 x 1.88 s = 677 s = 11.3 minutes of steps, plus about 1.5 for the
 tokenizer, compiling and the three evaluations of 200 documents: about 13 minutes.
 The measured time goes into docs/replications.md.
 """
