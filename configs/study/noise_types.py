@@ -12,16 +12,20 @@ Fixed before any result was seen, and not to be tuned towards the paper's answer
 - conditions: clean (the control), label_30 (30% of the training labels flipped), typo_30
   and grammar_30 (30% of the eligible words); seeds 0, 1, 2; 32 steps of 16 packed rows of
   160 tokens, learning rate 1e-3 (cosine, 10% warmup), no NEFTune, no dropout
-- stages: train (test_accuracy, test_macro_f1 on the clean test split), evaluate, then
-  analyze against the base: weight change, CKA and attention JS by layer, and a linear
-  probe of the task by layer (probe_labels) on 64 held-out examples
+- stages: train (test_accuracy, test_macro_f1 on the clean test split), then analyze
+  against the base: weight change, CKA and attention JS by layer, and a linear probe of the
+  task by layer (probe_labels) on the 213 held-out (eval) examples. No evaluate stage: on
+  classification data it scores the same eval and test splits again (the numbers train
+  already reports) plus a few generations, about 40 s a cell, 8 minutes the study, which
+  the budget does not have
 - contrasts: label vs typo and label vs grammar (each condition is also compared with clean)
 
 Sizing (at most 30 minutes on 2 cores), at about 1,090 tokens/s (configs/replicate/base.py):
 a cell's 32 steps x 2,560 tokens take about 75 s; scoring both labels of 213 eval sentences
-before and after training about 12 s, of the 533 test sentences about 25 s; the evaluate
-stage about 15 s (4 new tokens); analyze about 15 s: about 145 s a cell, 12 cells, about
-29 minutes. 0.1 is left out: the budget does not allow it.
+before and after training about 12 s, of the 533 test sentences about 25 s; analyze
+(two models' forward passes on 213 examples, the probes) about 20 s, compiling about 25 s
+for the first cell: about 135 s a cell, 12 cells, about 27 minutes. The rate 0.1 is left
+out: the budget does not allow it.
 """
 
 import ml_collections
@@ -32,8 +36,6 @@ from configs.replicate import common
 def get_config(arg: str = ""):
   base = common.sentiment_config(common.options(arg))
   base.train.steps = 32
-  base.eval.exact_match_examples = 16  # the evaluate stage's answers: a few, 4 tokens each
-  base.generate.max_new_tokens = 4
 
   config = ml_collections.ConfigDict()
   config.study = dict(
@@ -47,9 +49,9 @@ def get_config(arg: str = ""):
       ),
       control="clean",
       seeds=(0, 1, 2),
-      stages=("train", "evaluate", "analyze"),
+      stages=("train", "analyze"),
       contrasts={"label_vs_typo": ("label_30", "typo_30"),
                  "label_vs_grammar": ("label_30", "grammar_30")},
-      analyze=dict(max_examples=64, max_tokens=4096, probe_labels=True),
+      analyze=dict(max_examples=256, max_tokens=4096, probe_labels=True),
   )
   return config
