@@ -7,7 +7,7 @@ Every replicate/study config takes the same argument, big_vision style:
   data   the shared data folder (default: $NEFT_JAX_SHARED_DATA, else ../shared/data)
   runs   where the replications' own files are (default: runs/replicate), relative to
          the repository root: corpus.jsonl and heldout_sentences.txt
-         (configs/replicate/prep_corpus.py), base/ (the pretraining run of
+         and alpaca_train_sample.json (configs/replicate/prep_corpus.py), base/ (the pretraining run of
          configs/replicate/base.py), base_hf/ (its export, the studies' model.path)
          and fisher.json (the Fisher scores of the pretraining corpus, for study C)
 
@@ -51,6 +51,7 @@ def files(opts: dict[str, str]) -> dict[str, str]:
       sentiment=os.path.join(data, "sentiment"),
       corpus=os.path.join(runs, "corpus.jsonl"),
       heldout_sentences=os.path.join(runs, "heldout_sentences.txt"),
+      alpaca_train_sample=os.path.join(runs, "alpaca_train_sample.json"),
       base_run=os.path.join(runs, "base"),
       base_model=os.path.join(runs, "base_hf"),
       fisher=os.path.join(runs, "fisher.json"),

@@ -13,6 +13,10 @@ into RUNS (default runs/replicate; see configs/replicate/common.py):
                           split of the rt-polarity sentences (common.SENTIMENT_SPLIT)
   heldout_sentences.txt   the eval and test sentences of that split, one a line:
                           configs/replicate/base.py excludes them again (data.exclude)
+  alpaca_train_sample.json  the first TRAIN_SAMPLE records of study A's training data
+                          (the cleaned 4,900 less the held-out 100 and AlpacaEval):
+                          its test split, scored without noise after training, is
+                          study A's training loss without NEFTune's noise
 
 It prints the counts. The order is fixed (Alpaca in file order, then the
 negative and the positive sentences in file order), so the file is the same
@@ -28,6 +32,8 @@ from configs.replicate import common
 from neft_jax import defaults
 from neft_jax.data import dedup, pipeline, templates
 from neft_jax.data.sources import load_records
+
+TRAIN_SAMPLE = 200
 
 
 def sentiment_splits(paths):
@@ -57,12 +63,19 @@ def main(arg: str = "") -> dict[str, int]:
   held_out = [r.input for split in ("eval", "test") for r in splits[split]]
   with open(paths["heldout_sentences"], "w", encoding="utf-8") as f:
     f.write("".join(sentence + "\n" for sentence in held_out))
-  counts = dict(alpaca=len(kept), alpaca_dropped=dropped, sentences=len(splits["train"]),
+  train, _ = dedup.drop_excluded(load_records(paths["alpaca_train"]),
+                                 (paths["alpaca_heldout"], paths["alpaca_eval"]),
+                                 what=paths["alpaca_train"])
+  sample = [dict(instruction=r.instruction, input=r.input, output=r.output)
+            for r in train[:TRAIN_SAMPLE]]
+  with open(paths["alpaca_train_sample"], "w", encoding="utf-8") as f:
+    json.dump(sample, f, indent=1, ensure_ascii=False)
+  counts = dict(train_sample=len(sample), alpaca=len(kept), alpaca_dropped=dropped, sentences=len(splits["train"]),
                 held_out_sentences=len(held_out), documents=len(documents))
   print(f"{paths['corpus']}: {len(kept)} Alpaca records ({dropped} dropped as evaluated "
         f"elsewhere) + {len(splits['train'])} rt-polarity training sentences = "
         f"{len(documents)} documents; {paths['heldout_sentences']}: {len(held_out)} held-out "
-        "sentences")
+        f"sentences; {paths['alpaca_train_sample']}: {len(sample)} training records")
   return counts
 
 

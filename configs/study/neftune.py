@@ -12,16 +12,18 @@ Fixed before any result was seen, and not to be tuned towards the paper's answer
 - conditions: alpha_0 (no noise, the control) and alpha_5 (NEFTune, alpha 5, uniform);
   seeds 0, 1, 2; the same 100 steps of 8 packed rows of 256 tokens, learning rate 5e-4
   (cosine, 5% warmup) for all
-- stages: train (train_loss, without noise: NEFTune is off outside the step's embedding
-  noise, and eval_loss on the held-out 100), then evaluate: greedy answers (repetition
-  penalty 1.2, as the paper decoded) to the 100 held-out prompts, up to 64 new tokens,
-  with the response metrics (length in chars and words, rep-2, diversity, log-diversity)
+- stages: train (eval_loss on the held-out 100; test_loss on the first 200 training
+  records, runs/replicate/alpaca_train_sample.json, scored after training without noise:
+  the training loss without NEFTune's noise, since train_loss is logged on the noisy
+  embeddings), then evaluate: greedy answers (repetition penalty 1.2, as the paper
+  decoded) to the 100 held-out prompts, up to 64 new tokens, with the response metrics
+  (length in chars and words, rep-2, diversity, log-diversity)
 
 Sizing (at most 30 minutes on 2 cores): about 1,090 tokens/s at 1.31M parameters
 (configs/replicate/base.py), so a cell's 100 steps x 2,048 tokens take about 190 s;
-its two evaluations of 100 records about 20 s, the evaluate stage's 100 answers about
-40 s, compiling about 25 s for the first cell of each alpha (the others load it from the
-study's compilation cache): about 250 to 275 s a cell, 6 cells, about 26 minutes.
+its two evaluations of 100 records and the 200 training records' test about 20 s, the
+evaluate stage (both again, and 100 answers) about 50 s, compiling about 25 s for the first cell of each alpha (the others load it from the
+study's compilation cache): about 260 to 285 s a cell, 6 cells, about 27 minutes.
 
 Not yet here (the later session's): the study's evaluate stage generates for the
 held-out split, not for --prompts, so the fixed sample of 200 AlpacaEval instructions,
@@ -42,6 +44,7 @@ def get_config(arg: str = ""):
   base.model.param_dtype = base.model.dtype = "float32"
   base.data.path = paths["alpaca_train"]
   base.data.eval_path = paths["alpaca_heldout"]
+  base.data.test_path = paths["alpaca_train_sample"]  # training records, scored without noise
   base.data.exclude = (paths["alpaca_heldout"], paths["alpaca_eval"])
   base.data.template = "alpaca"
   base.data.max_length = 256

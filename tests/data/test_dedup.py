@@ -135,6 +135,7 @@ def test_replication_configs(tmp_path):
   with open(tmp_path / "heldout_sentences.txt") as f:
     held = {dedup.text_key(line) for line in f}
   assert len(held) > 700 and not corpus & held
+  assert counts["train_sample"] == 200
   assert config_check.problems(base.get_config(arg)) == []
   for module, cells in ((neftune, 6), (noise_types, 12), (guided_dropout, 18)):
     study = spec.from_config(module.get_config(arg))
