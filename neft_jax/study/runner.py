@@ -28,12 +28,12 @@ import numpy as np
 
 from neft_jax import run as run_folder
 from neft_jax.errors import UserError
-from neft_jax.study import spec
+from neft_jax.study import spec, summary
+from neft_jax.study.summary import CELL_FILE, CURVE_FILE, read_curve
 
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
-CELL_FILE = "cell.json"
 CONSOLE_FILE = "console.log"
 CACHE_DIR = ".jax_cache"
 ANALYSIS_DIR = "analysis"
@@ -115,12 +115,7 @@ def cell_metrics(workdir: str) -> dict[str, float]:
   """The run's final numbers from its metrics.jsonl: train_loss (see TRAIN_LOSS_FRACTION),
   and eval_*, test_* of the last step and noise_* rates. Rows of a step logged twice
   (a run resumed from an earlier checkpoint logs its steps again) count once, the latest."""
-  by_step: dict[int, dict] = {}
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        row = json.loads(line)
-        by_step.setdefault(int(row["step"]), {}).update(row)
+  by_step = {int(row["step"]): row for row in read_curve(os.path.join(workdir, CURVE_FILE))}
   if not by_step:
     return {}
   last = max(by_step)
@@ -200,7 +195,6 @@ def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only
   Every check (the study, --cells, study.json) comes before any cell runs.
   `cache_dir`: the compilation cache's folder (default DIR/.jax_cache; "" for none).
   """
-  from neft_jax.study import summary
   spec.validate(study)
   grid = spec.cells(study)
   selected = [grid[i] for i in select_cells(cells, len(grid))]

@@ -212,10 +212,15 @@ def validate(study: Study) -> None:
 
 # The grid ---------------------------------------------------------------------------
 
+def cell_path(condition: str, seed: int) -> str:
+  """A cell's folder, relative to the study folder."""
+  return f"cells/{condition}/seed{seed}"
+
+
 def cells(study: Study) -> list[Cell]:
   """Every (condition, seed) cell: condition-major, then seed, in the given orders."""
   grid = [(condition, seed) for condition in study.conditions for seed in study.seeds]
-  return [Cell(condition, seed, index, f"cells/{condition}/seed{seed}")
+  return [Cell(condition, seed, index, cell_path(condition, seed))
           for index, (condition, seed) in enumerate(grid)]
 
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from neft_jax.analysis.compare import BASE
 from neft_jax.errors import UserError
-from neft_jax.study import stats
+from neft_jax.study import spec, stats
 
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -62,7 +62,7 @@ FIGURES = "figures"
 
 
 def cell_dir(study_dir: str, condition: str, seed: int) -> str:
-  return os.path.join(study_dir, "cells", condition, f"seed{seed}")
+  return os.path.join(study_dir, spec.cell_path(condition, seed))
 
 
 # --- reading the cells -------------------------------------------------------
