@@ -29,9 +29,10 @@ import os
 import sys
 
 from configs.replicate import common
-from neft_jax import defaults
+from neft_jax import cli, defaults
 from neft_jax.data import dedup, pipeline, templates
 from neft_jax.data.sources import load_records
+from neft_jax.errors import UserError
 
 TRAIN_SAMPLE = 200
 
@@ -80,4 +81,8 @@ def main(arg: str = "") -> dict[str, int]:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1] if len(sys.argv) > 1 else "")
+  try:
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
+  except UserError as e:
+    cli.fail(f"{e} (the shared data folder is the data=DIR argument, default "
+             "$NEFT_JAX_SHARED_DATA or ../shared/data)")
