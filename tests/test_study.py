@@ -106,9 +106,11 @@ def test_per_example_correctness_is_the_accuracy_by_example():
 # Bad input: one error line, exit 1, before any run --------------------------------------------
 
 class Flags:
-  def __init__(self, config, workdir, cells="0/1", summarize_only=False, compilation_cache=None):
-    self.config, self.workdir, self.cells = config, str(workdir), cells
+  def __init__(self, config, workdir, cells="0/1", summarize_only=False, compilation_cache=None,
+               dry_run=False):
+    self.config, self.workdir, self.cells = config, workdir and str(workdir), cells
     self.summarize_only, self.compilation_cache = summarize_only, compilation_cache
+    self.dry_run = dry_run
 
 
 def run_main(flags, capsys) -> list[str]:
@@ -149,6 +151,15 @@ BAD_STUDIES = {
     "bad_value": (dict(conditions=(("clean", {"neftune.alpha": -1.0}), ("typo_20", {}))),
                   "error: condition 'clean': neftune.alpha=-1.0 must be >= 0 (set them in the "
                   "config file or with --config.KEY=VALUE)"),
+    "evaluate_unknown_option": (dict(stages=("train", "evaluate"), evaluate={"prompt": "x.json"}),
+                                "error: study.evaluate has unknown 'prompt'; its only option is "
+                                "prompts=FILE (a JSON list of instructions)"),
+    "evaluate_without_stage": (dict(evaluate={"prompts": "x.json"}),
+                               "error: study.evaluate is set but study.stages has no 'evaluate'; "
+                               "add it, e.g. ('train', 'evaluate'), or drop study.evaluate"),
+    "evaluate_prompts_missing": (dict(stages=("train", "evaluate"),
+                                      evaluate={"prompts": "{study}/none.json"}),
+                                 "error: study.evaluate.prompts: {workdir}/none.json does not exist"),
     "metrics_a_string": (dict(metrics="test_accuracy"),
                          "error: study.metrics='test_accuracy' must be a tuple of metric names, "
                          "e.g. ('test_accuracy', 'eval_loss')"),
@@ -159,6 +170,7 @@ BAD_STUDIES = {
 def test_bad_study_is_one_error_line_before_any_run(tmp_path, capsys, case):
   changes, expected = BAD_STUDIES[case]
   workdir = tmp_path / "study"
+  expected = expected.replace("{workdir}", str(workdir))
   assert run_main(Flags(smoke_config(**changes), workdir), capsys) == [expected]
   assert not os.path.exists(workdir)  # nothing written, nothing run
 
@@ -217,6 +229,31 @@ def test_a_changed_grid_is_refused(tmp_path, capsys):
                    "that no longer fit) to start over"]
   assert set(os.listdir(workdir)) == {"study.json", "study.log"}  # nothing else written
   assert (workdir / "study.json").read_text() == written
+
+
+def test_no_workdir_is_one_error_line(capsys):
+  assert run_main(Flags(smoke_config(), None), capsys) == [
+      "error: --workdir is missing: give the study's folder, e.g. --workdir=runs/study (only "
+      "--dry_run runs without one)"]
+
+
+def test_dry_run_reports_each_condition_and_runs_nothing(demo_assets, tmp_path, capsys):
+  """--dry_run: each condition's train.dry_run, a line each and the peaks as JSON."""
+  study = demo_smoke_study(demo_assets)
+  study.conditions["alpha_5"] = {"neftune.alpha": 5.0}  # another program than clean's
+  study.condition_pairs = (*study.condition_pairs, ("alpha_5", {"neftune.alpha": 5.0}))
+  runner.prepare_shared_assets(study, str(tmp_path))  # the demo's model config, if not yet made
+  reports = runner.dry_run(study)
+  assert list(reports) == ["clean", "typo_20", "alpha_5"]
+  lines = capsys.readouterr().out.splitlines()
+  last = json.loads(lines[-1])
+  assert last["study"] == "smoke" and list(last["peak_gib_per_device"]) == list(reports)
+  for condition, report in reports.items():
+    assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert report["param_bytes_per_device"] == 4 * report["parameters"]  # float32, one device
+    assert report["peak_bytes_per_device"] > report["param_bytes_per_device"]
+    assert any(line.startswith(f"study smoke: {condition}: mesh") for line in lines)
+  assert reports["clean"]["peak_bytes_per_device"] == reports["typo_20"]["peak_bytes_per_device"]
 
 
 def test_command_line_bad_input(tmp_path):
@@ -389,16 +426,20 @@ def test_slurm_array_then_summary(tmp_path):
 
 
 def test_evaluate_and_analyze_stages(straight_study, tmp_path):
-  """A finished cell's run, given the evaluate and analyze stages: its responses' metrics
-  (gen_*) join cell.json and the analysis against the base model is in analysis/."""
+  """A finished cell's run, given the evaluate stage with study.evaluate's prompts and the
+  analyze stage: the prompts' answers are saved, their metrics (gen_*) join cell.json, and
+  the analysis against the base model is in analysis/."""
   study, straight_dir = straight_study
   study = spec.Study(**{**study.__dict__, "stages": ("train", "evaluate", "analyze"),
-                        "seeds": (0,)})
+                        "seeds": (0,), "evaluate": {"prompts": "{study}/prompts.json"}})
   study.conditions = {"clean": study.conditions["clean"]}
   study.condition_pairs, study.contrasts = (("clean", study.conditions["clean"]),), {}
   study_dir = tmp_path / "study"
   shutil.copytree(straight_dir / "cells" / "clean" / "seed0", study_dir / "cells" / "clean" / "seed0")
   (study_dir / "cells" / "clean" / "seed0" / "cell.json").unlink()
+  prompts = [{"instruction": f"Name a colour number {k}.", "output": "Blue.", "dataset": "toy"}
+             for k in range(3)]
+  (study_dir / "prompts.json").write_text(json.dumps(prompts))
   runner.run(study, str(study_dir), cache_dir="")
   cell = json.loads((study_dir / "cells" / "clean" / "seed0" / "cell.json").read_text())
   straight = json.loads((straight_dir / "cells" / "clean" / "seed0" / "cell.json").read_text())
@@ -406,6 +447,10 @@ def test_evaluate_and_analyze_stages(straight_study, tmp_path):
     assert cell["metrics"][name] == value
   generated = {name for name in cell["metrics"] if name.startswith("gen_")}
   assert {"gen_mean_words", "gen_exact_match", "gen_rouge_l"} <= generated
+  outputs = json.loads(next(study_dir.glob("cells/clean/seed0/eval_step_*/model_outputs.json"))
+                       .read_text())
+  assert [(o["instruction"], o["dataset"]) for o in outputs] == [
+      (p["instruction"], "toy") for p in prompts]  # the prompts', not the held-out split's
   analysis = study_dir / "cells" / "clean" / "seed0" / "analysis"
   assert {"analysis.json", "analysis.csv", "analysis.md"} <= set(os.listdir(analysis))
   about = json.loads((analysis / "analysis.json").read_text())

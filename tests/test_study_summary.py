@@ -299,6 +299,9 @@ def write_curve_and_analysis(folder, shift):
                        "value": 0.5})
       writer.writerow({"model": "tuned", "layer": layer, "module": "hidden", "metric": "cka_base",
                        "value": 1.0 - 0.1 * layer - shift})
+      for model, accuracy in (("base", 0.5 + 0.05 * layer), ("tuned", 0.5 + 0.1 * layer + shift)):
+        writer.writerow({"model": model, "layer": layer, "module": "hidden",
+                         "metric": "probe_accuracy", "value": accuracy})
     for layer in range(2):
       for block in ("attention", "mlp"):
         writer.writerow({"model": "tuned", "layer": layer, "module": block,
@@ -322,6 +325,12 @@ def test_layer_means_average_heads_then_seeds(tmp_path):
   assert js == pytest.approx({0: 0.08, 1: 0.08})
   cka = summary._layer_means(analysis, "noisy", lambda row: row["metric"] == "cka_base")
   assert cka == pytest.approx({0: 0.95, 1: 0.85, 2: 0.75})  # the base's own rows left out
+  probe = lambda row: row["metric"] == "probe_accuracy"  # noqa: E731
+  assert summary._layer_means(analysis, "noisy", probe) == pytest.approx({0: 0.55, 1: 0.65,
+                                                                          2: 0.75})
+  base = {key: summary.read_analysis(str(tmp_path / f"seed{key[1]}" / "analysis" / "analysis.csv"),
+                                     base=True) for key in analysis}
+  assert summary._layer_means(base, "noisy", probe) == pytest.approx({0: 0.5, 1: 0.55, 2: 0.6})
 
 
 def test_figures_are_valid_pngs(tmp_path):
@@ -333,7 +342,7 @@ def test_figures_are_valid_pngs(tmp_path):
   paths = summary.summarize(str(tmp_path), make_study())
   figures = sorted(os.path.basename(p) for p in paths if p.endswith(".png"))
   assert figures == ["attention_js.png", "cka_by_layer.png", "metrics_by_condition.png",
-                     "training_curves.png", "weight_change.png"]
+                     "probe_accuracy.png", "training_curves.png", "weight_change.png"]
   for path in paths[2:]:
     assert os.path.getsize(path) > 1000
     pixels = image.imread(path)

@@ -148,6 +148,12 @@ def base_model_path(study: spec.Study, study_dir: str) -> str:
   return spec.fill_study_dir(study.base, study_dir).model.path
 
 
+def evaluate_prompts(study: spec.Study, study_dir: str) -> str | None:
+  """The evaluate stage's prompt file (study.evaluate.prompts, `{study}` filled), or None."""
+  path = study.evaluate.get("prompts")
+  return path.replace(spec.STUDY_PLACEHOLDER, study_dir) if path else None
+
+
 def run_cell(study: spec.Study, cell: spec.Cell, study_dir: str) -> dict | None:
   """Runs the cell's stages and writes its cell.json; returns it (None: preempted)."""
   from neft_jax import train
@@ -167,7 +173,8 @@ def run_cell(study: spec.Study, cell: spec.Cell, study_dir: str) -> dict | None:
                 for name, values in result.get("examples", {}).items()}
     if "evaluate" in study.stages:
       from neft_jax import evaluate
-      summary = evaluate.evaluate(config, workdir=workdir)
+      summary = evaluate.evaluate(config, workdir=workdir,
+                                  prompts_path=evaluate_prompts(study, study_dir))
       for name, value in summary.items():
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
             and name != "step" and not name.startswith(("eval_", "test_"))):
@@ -188,6 +195,28 @@ def is_done(study_dir: str, cell: spec.Cell) -> bool:
   return os.path.exists(os.path.join(study_dir, cell.path, CELL_FILE))
 
 
+def dry_run(study: spec.Study, cache_dir: str | None = None) -> dict[str, dict]:
+  """Each condition's `neft_jax.train.dry_run` (its first seed's config; the seeds compile
+  alike): no weights, no data, only the model's config.json. Returns {condition: report};
+  prints a line per condition, then the peaks as a JSON last line. With `cache_dir`,
+  conditions that compile to the same program (data noise) load it from that cache."""
+  from neft_jax import train
+  spec.validate(study)
+  reports = {}
+  with compilation_cache(cache_dir):
+    for cell in spec.cells(study)[::len(study.seeds)]:
+      log.info("study %s: dry run of condition %s", study.name, cell.condition)
+      reports[cell.condition] = train.dry_run(spec.cell_config(study, cell))
+  if jax.process_index() == 0:
+    gib = lambda b: round(b / 2**30, 2)  # noqa: E731
+    for condition, report in reports.items():
+      print(f"study {study.name}: {condition}: mesh {report['mesh']}, peak "
+            f"{gib(report['peak_bytes_per_device'])} GiB per device")
+    print(json.dumps({"study": study.name, "peak_gib_per_device": {
+        condition: gib(report["peak_bytes_per_device"]) for condition, report in reports.items()}}))
+  return reports
+
+
 def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only: bool = False,
         cache_dir: str | None = None) -> list[str]:
   """Runs the selected cells (see the module's doc), then the summary; returns its paths.
@@ -200,6 +229,12 @@ def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only
   selected = [grid[i] for i in select_cells(cells, len(grid))]
   study_dir = os.path.abspath(study_dir)
   is_main = jax.process_index() == 0
+  if evaluate_prompts(study, study_dir) and not summarize_only:  # a bad prompt file: before all
+    from neft_jax import evaluate
+    try:
+      evaluate.load_prompts(evaluate_prompts(study, study_dir))
+    except UserError as e:
+      raise UserError(f"study.evaluate.prompts: {str(e).removeprefix('--prompts=')}") from None
   check_study_file(study, study_dir, write=is_main and not summarize_only)
   if summarize_only:
     if not os.path.isdir(study_dir):

@@ -18,6 +18,9 @@ section:
     study.seeds       the run seeds; every condition runs with each
     study.stages      what each cell does: ("train",), then "evaluate", then "analyze"
     study.contrasts   name -> (condition, condition), the comparisons the summary makes
+    study.evaluate    optional: the evaluate stage's prompts, dict(prompts=FILE), a JSON list
+                      of instructions as `neft_jax.evaluate --prompts` reads (AlpacaEval's,
+                      with reference outputs for ROUGE-L); without it, the held-out split's
     study.analyze     optional: keyword arguments of the analyze stage (max_examples=64, ...)
     study.metrics     optional: the headline metrics the contrasts and the metrics figure
                       show (default: every metric; summary.csv and the per-condition
@@ -44,6 +47,7 @@ from neft_jax.errors import UserError
 
 STAGES = ("train", "evaluate", "analyze")
 STUDY_PLACEHOLDER = "{study}"
+EVALUATE_OPTIONS = {"prompts"}
 # Keys the study itself sets: the run seed by cell, the split seed fixed for all.
 RESERVED_KEYS = {
     "seed": "the seed varies by cell: list the seeds in study.seeds",
@@ -63,6 +67,8 @@ class Study:
   contrasts: dict[str, tuple[str, str]]
   # The conditions as the config gave them, duplicates included (validate checks them).
   condition_pairs: tuple[tuple[str, dict], ...] = ()
+  # The evaluate stage's options: {"prompts": FILE} or nothing (the held-out split).
+  evaluate: dict = dataclasses.field(default_factory=dict)
   # Keyword arguments of neft_jax.analyze.analyze for the analyze stage (max_examples, ...).
   analyze: dict = dataclasses.field(default_factory=dict)
   # The headline metrics of the contrasts and the metrics figure (empty: every metric).
@@ -122,6 +128,7 @@ def from_config(config: ml_collections.ConfigDict) -> Study:
       stages=tuple(section.get("stages", ("train",))),
       contrasts=contrasts,
       condition_pairs=pairs,
+      evaluate=dict(section.get("evaluate", {})),
       analyze=dict(section.get("analyze", {})),
       metrics=_metric_names(section.get("metrics", ())))
 
@@ -191,6 +198,13 @@ def validate(study: Study) -> None:
       or list(study.stages) != [s for s in STAGES if s in study.stages]):
     raise UserError(f"study.stages={study.stages!r}: each cell trains first, then evaluates, "
                     "then analyzes; give them in that order, each once, e.g. ('train', 'evaluate')")
+  unknown = sorted(set(study.evaluate) - EVALUATE_OPTIONS)
+  if unknown:
+    raise UserError(f"study.evaluate has unknown {', '.join(map(repr, unknown))}; its only "
+                    "option is prompts=FILE (a JSON list of instructions)")
+  if study.evaluate and "evaluate" not in study.stages:
+    raise UserError("study.evaluate is set but study.stages has no 'evaluate'; add it, e.g. "
+                    "('train', 'evaluate'), or drop study.evaluate")
   if "demo" in study.base:
     for key in ("model.path", "data.path", "data.eval_path"):
       value = study.base.model.path if key == "model.path" else study.base.data[key.split(".")[1]]
@@ -291,5 +305,7 @@ def resolved(study: Study) -> dict:
       "seeds": list(study.seeds),
       "stages": list(study.stages),
       "contrasts": {name: list(pair) for name, pair in study.contrasts.items()},
+      "evaluate": dict(study.evaluate),
+      "analyze": dict(study.analyze),
       "cells": [dataclasses.asdict(cell) for cell in cells(study)],
   }

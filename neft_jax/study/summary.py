@@ -35,6 +35,8 @@ averaged over seeds:
   cka_by_layer.png          CKA to the base by hidden state, a line per condition
   weight_change.png         relative weight change by layer, attention and mlp panels
   attention_js.png          attention JS divergence by layer (mean over heads)
+  probe_accuracy.png        with task probes: held-out probe accuracy by hidden
+                            state, a line per condition and the base's, dashed
 matplotlib is imported only to draw them.
 """
 
@@ -113,12 +115,13 @@ def read_curve(path: str) -> list[dict]:
   return [by_step[step] for step in sorted(by_step)]
 
 
-def read_analysis(path: str) -> list[dict]:
-  """The tuned model's rows of analysis.csv (the base's own rows left out)."""
+def read_analysis(path: str, *, base: bool = False) -> list[dict]:
+  """The tuned model's rows of analysis.csv, or with `base` the base model's own rows
+  (its task probe)."""
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8", newline="") as f:
-    return [row for row in csv.DictReader(f) if row.get("model") != BASE]
+    return [row for row in csv.DictReader(f) if (row.get("model") == BASE) == base]
 
 
 # --- numbers -----------------------------------------------------------------
@@ -425,6 +428,21 @@ def figures(study_dir: str, study, cells: list[dict]) -> list[str]:
     axis.set(xlabel="layer", ylabel="JS divergence (nats)",
              title="attention JS to the base by layer\n(mean over heads and seeds)")
     save(figure, "attention_js.png")
+
+    is_probe = lambda row: row["metric"] == "probe_accuracy"  # noqa: E731
+    if any(is_probe(row) for rows in analysis.values() for row in rows):
+      figure, axis = plt.subplots(figsize=(5.5, 3.8))
+      plot_layers(axis, is_probe)
+      base_rows = {key: read_analysis(os.path.join(cell_dir(study_dir, *key), ANALYSIS_FILE),
+                                      base=True) for key in analysis}
+      base_means = _layer_means(base_rows, next(iter(base_rows))[0], is_probe)
+      if base_means:
+        axis.plot(list(base_means), list(base_means.values()), color="black", linestyle="--",
+                  marker=".", label="base")
+        axis.legend(fontsize="small")
+      axis.set(xlabel="hidden state (0: embeddings)", ylabel="held-out probe accuracy",
+               title="task probe by layer (mean over seeds)")
+      save(figure, "probe_accuracy.png")
   return paths
 
 
