@@ -6,10 +6,18 @@ Every replicate/study config takes the same argument, big_vision style:
 
   data   the shared data folder (default: $NEFT_JAX_SHARED_DATA, else ../shared/data)
   runs   where the replications' own files are (default: runs/replicate), relative to
-         the repository root: corpus.jsonl and heldout_sentences.txt
-         and alpaca_train_sample.json (configs/replicate/prep_corpus.py), base/ (the pretraining run of
+         the repository root: corpus.jsonl, heldout_sentences.txt,
+         alpaca_train_sample.json and alpaca_eval_sample.json
+         (configs/replicate/prep_corpus.py), base/ (the pretraining run of
          configs/replicate/base.py), base_hf/ (its export, the studies' model.path)
-         and fisher.json (the Fisher scores of the pretraining corpus, for study C)
+         and fisher.json (the Fisher scores of the pretraining corpus, for study C), and
+         study_neftune/, study_noise_types/ and study_guided_dropout/, the studies'
+         --workdir, which configs/replicate/report.py reads
+
+  model  optional: a real Hugging Face model (a folder or hub id: openai-community/gpt2,
+         Qwen/Qwen2-1.5B, meta-llama/Llama-2-7b-hf) makes each study its full-scale
+         version (full_scale): that model in bfloat16, FSDP over every device, the papers'
+         recipes for 3 epochs. Study C's Fisher file is then RUNS/fisher_<model name>.json
 
 The rt-polarity split is fixed here once for the corpus and studies B and C:
 SENTIMENT_SPLIT holds 5% of the 10,662 sentences out for test (533) and 2% for
@@ -22,20 +30,21 @@ import os
 SENTIMENT_SPLIT = dict(test_size=0.05, eval_size=0.02, split_seed=0)
 SENTIMENT_INSTRUCTION = "Classify the sentiment of this movie review as positive or negative."
 
-# The base model of configs/replicate/base.py (1.31M parameters, configs/pretrain_small.py's shape).
-BASE_MODEL = dict(embed_dim=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                  mlp_dim=384, max_positions=256, initializer_range=0.08)
+# The base model of configs/replicate/base.py: 3.15M parameters, 6 layers.
+BASE_MODEL = dict(embed_dim=192, num_layers=6, num_heads=6, num_kv_heads=2, head_dim=32,
+                  mlp_dim=512, max_positions=256, initializer_range=0.08)
 
 
 def options(arg: str = "") -> dict[str, str]:
   """"data=DIR,runs=DIR" -> {"data": ..., "runs": ...} with the defaults filled in."""
   parsed = {"data": os.environ.get("NEFT_JAX_SHARED_DATA", os.path.join("..", "shared", "data")),
-            "runs": os.path.join("runs", "replicate")}
+            "runs": os.path.join("runs", "replicate"), "model": ""}
   for option in [part.strip() for part in (arg or "").split(",") if part.strip()]:
     key, equals, value = option.partition("=")
     if not equals or key not in parsed:
-      raise ValueError(f"unknown option {option!r}; use data=DIR (the shared data folder) "
-                       "and/or runs=DIR (the replications' files, default runs/replicate)")
+      raise ValueError(f"unknown option {option!r}; use data=DIR (the shared data folder), "
+                       "runs=DIR (the replications' files, default runs/replicate) and/or "
+                       "model=PATH (a real model: the full-scale study)")
     parsed[key] = value
   return parsed
 
@@ -52,10 +61,36 @@ def files(opts: dict[str, str]) -> dict[str, str]:
       corpus=os.path.join(runs, "corpus.jsonl"),
       heldout_sentences=os.path.join(runs, "heldout_sentences.txt"),
       alpaca_train_sample=os.path.join(runs, "alpaca_train_sample.json"),
+      alpaca_eval_sample=os.path.join(runs, "alpaca_eval_sample.json"),
       base_run=os.path.join(runs, "base"),
       base_model=os.path.join(runs, "base_hf"),
-      fisher=os.path.join(runs, "fisher.json"),
+      fisher=os.path.join(runs, f"fisher_{os.path.basename(os.path.normpath(opts['model']))}.json"
+                          if opts.get("model") else "fisher.json"),
   )
+
+
+# The papers' recipes at full scale (full_scale): study A is the NEFTune paper's Llama-2-7B
+# recipe (configs/llama2_alpaca.py: batch 128, 512 tokens, 5e-5, 3% warmup, answers of up to
+# 512 tokens); studies B and C are configs/sentiment.py's (batch 32, 2e-5).
+FULL_SCALE_NEFTUNE = {"train.batch_size": 128, "data.max_length": 512,
+                      "optim.learning_rate": 5e-5, "optim.warmup_ratio": 0.03,
+                      "generate.max_new_tokens": 512}
+FULL_SCALE_SENTIMENT = {"train.batch_size": 32, "optim.learning_rate": 2e-5}
+
+
+def full_scale(config, model: str, recipe: dict) -> None:
+  """Makes a study's base the full-scale one in place: `model` in bfloat16 compute (float32
+  parameters), FSDP over every device with remat, 3 epochs of the data (no step count),
+  and the recipe's dotted keys."""
+  from neft_jax.study import spec
+  config.model.path = model
+  config.model.param_dtype, config.model.dtype = "float32", "bfloat16"
+  config.model.remat = "dots_no_batch"
+  config.mesh.data, config.mesh.fsdp = 1, -1
+  config.train.steps, config.train.epochs = 0, 3
+  config.checkpoint.every_steps = 500
+  for key, value in recipe.items():
+    spec.set_key(config, key, value, "the full-scale recipe")
 
 
 def sentiment_config(opts: dict[str, str]):

@@ -20,4 +20,6 @@ def get_config(arg: str = ""):
   config.fisher.num_examples = 256
   config.fisher.max_length = 256
   config.fisher.batch_size = 8
+  if opts["model"]:  # the full-scale study's model, on the same corpus
+    common.full_scale(config, opts["model"], common.FULL_SCALE_SENTIMENT)
   return config

@@ -17,6 +17,10 @@ into RUNS (default runs/replicate; see configs/replicate/common.py):
                           (the cleaned 4,900 less the held-out 100 and AlpacaEval):
                           its test split, scored without noise after training, is
                           study A's training loss without NEFTune's noise
+  alpaca_eval_sample.json EVAL_SAMPLE of AlpacaEval's 805 instructions, drawn once
+                          by numpy's default_rng(EVAL_SAMPLE_SEED) and kept in file
+                          order, with text-davinci-003's outputs as references (for
+                          ROUGE-L) and their `dataset`: study A's evaluate prompts
 
 It prints the counts. The order is fixed (Alpaca in file order, then the
 negative and the positive sentences in file order), so the file is the same
@@ -28,6 +32,8 @@ import logging
 import os
 import sys
 
+import numpy as np
+
 from configs.replicate import common
 from neft_jax import cli, defaults
 from neft_jax.data import dedup, pipeline, templates
@@ -35,6 +41,16 @@ from neft_jax.data.sources import load_records
 from neft_jax.errors import UserError
 
 TRAIN_SAMPLE = 200
+EVAL_SAMPLE, EVAL_SAMPLE_SEED = 200, 0
+
+
+def alpaca_eval_sample(path: str) -> list[dict]:
+  """The fixed sample of AlpacaEval's instructions (see the module's doc)."""
+  with open(path, encoding="utf-8") as f:
+    records = json.load(f)
+  chosen = np.sort(np.random.default_rng(EVAL_SAMPLE_SEED).choice(len(records), EVAL_SAMPLE,
+                                                                  replace=False))
+  return [{key: records[i][key] for key in ("instruction", "output", "dataset")} for i in chosen]
 
 
 def sentiment_splits(paths):
@@ -71,12 +87,16 @@ def main(arg: str = "") -> dict[str, int]:
             for r in train[:TRAIN_SAMPLE]]
   with open(paths["alpaca_train_sample"], "w", encoding="utf-8") as f:
     json.dump(sample, f, indent=1, ensure_ascii=False)
-  counts = dict(train_sample=len(sample), alpaca=len(kept), alpaca_dropped=dropped, sentences=len(splits["train"]),
+  eval_sample = alpaca_eval_sample(paths["alpaca_eval"])
+  with open(paths["alpaca_eval_sample"], "w", encoding="utf-8") as f:
+    json.dump(eval_sample, f, indent=1, ensure_ascii=False)
+  counts = dict(train_sample=len(sample), eval_sample=len(eval_sample), alpaca=len(kept), alpaca_dropped=dropped, sentences=len(splits["train"]),
                 held_out_sentences=len(held_out), documents=len(documents))
   print(f"{paths['corpus']}: {len(kept)} Alpaca records ({dropped} dropped as evaluated "
         f"elsewhere) + {len(splits['train'])} rt-polarity training sentences = "
         f"{len(documents)} documents; {paths['heldout_sentences']}: {len(held_out)} held-out "
-        f"sentences; {paths['alpaca_train_sample']}: {len(sample)} training records")
+        f"sentences; {paths['alpaca_train_sample']}: {len(sample)} training records; "
+        f"{paths['alpaca_eval_sample']}: {len(eval_sample)} AlpacaEval instructions")
   return counts
 
 

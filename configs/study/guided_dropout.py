@@ -1,12 +1,12 @@
 """Study C (issue 14): guided dropout (Sharma et al. 2024) in miniature, at 10% and 100% data.
 
     python -m neft_jax.fisher --config=configs/replicate/fisher.py --out=runs/replicate/fisher.json
-    python -m neft_jax.study --config=configs/study/guided_dropout.py --workdir=runs/study_guided_dropout
+    python -m neft_jax.study --config=configs/study/guided_dropout.py --workdir=runs/replicate/study_guided_dropout
     (:data=DIR,runs=DIR on both configs: configs/replicate/common.py)
 
 Fixed before any result was seen, and not to be tuned towards the paper's answer:
 
-- model: configs/replicate/base.py's pretrained 1.31M-parameter Llama (runs/replicate/base_hf)
+- model: configs/replicate/base.py's pretrained 3.15M-parameter Llama (runs/replicate/base_hf)
 - task: study B's (rt-polarity, common.SENTIMENT_SPLIT: 533 test, 213 eval, 9,916 train)
 - sizes: data.train_fraction 1.0 (9,916 sentences) and 0.1 (992, a stratified sample drawn
   by split_seed, the same for every cell)
@@ -38,6 +38,8 @@ def get_config(arg: str = ""):
   base.train.steps = 24
   base.dropout.fisher = common.files(opts)["fisher"]
   base.dropout.max_rate, base.dropout.min_rate = 0.1, 0.0
+  if opts["model"]:
+    common.full_scale(base, opts["model"], common.FULL_SCALE_SENTIMENT)
 
   none = {"dropout.mode": "none"}
   uniform = {"dropout.mode": "uniform", "dropout.rate": 0.1}
@@ -55,6 +57,7 @@ def get_config(arg: str = ""):
       control="none_100",
       seeds=(0, 1, 2),
       stages=("train",),
+      metrics=("test_accuracy", "test_macro_f1", "eval_accuracy", "train_loss"),
       contrasts={"guided_vs_uniform_100": ("guided_100", "uniform_100"),
                  "guided_vs_uniform_10": ("guided_10", "uniform_10"),
                  "uniform_vs_none_100": ("uniform_100", "none_100"),

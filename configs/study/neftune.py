@@ -1,11 +1,11 @@
 """Study A (issue 14): NEFTune (Jain et al. 2023) in miniature, alpha 0 against 5, 3 seeds.
 
-    python -m neft_jax.study --config=configs/study/neftune.py --workdir=runs/study_neftune
+    python -m neft_jax.study --config=configs/study/neftune.py --workdir=runs/replicate/study_neftune
     (--config=configs/study/neftune.py:data=DIR,runs=DIR: configs/replicate/common.py)
 
 Fixed before any result was seen, and not to be tuned towards the paper's answer:
 
-- model: configs/replicate/base.py's pretrained 1.31M-parameter Llama (runs/replicate/base_hf)
+- model: configs/replicate/base.py's pretrained 3.15M-parameter Llama (runs/replicate/base_hf)
 - data: the 4,900 cleaned-Alpaca training records (alpaca_cleaned_0100_4999.json) less the
   one whose normalized (instruction, input) is in the 100-record cleaned file and any in
   AlpacaEval's 805 (data.exclude); held out: the 100-record cleaned file (eval_loss)
@@ -16,19 +16,18 @@ Fixed before any result was seen, and not to be tuned towards the paper's answer
   records, runs/replicate/alpaca_train_sample.json, scored after training without noise:
   the training loss without NEFTune's noise, since train_loss is logged on the noisy
   embeddings), then evaluate: greedy answers (repetition penalty 1.2, as the paper
-  decoded) to the 100 held-out prompts, up to 64 new tokens, with the response metrics
-  (length in chars and words, rep-2, diversity, log-diversity)
+  decoded) to a fixed sample of 200 of AlpacaEval's 805 instructions
+  (runs/replicate/alpaca_eval_sample.json, drawn once by configs/replicate/prep_corpus.py),
+  up to 64 new tokens, with the response metrics (length in chars and words, rep-2,
+  diversity, log-diversity, and ROUGE-L against text-davinci-003's answers); each cell's
+  answers are in its eval_step_100/model_outputs.json, ready for alpaca_eval
 
-Sizing (at most 30 minutes on 2 cores): about 1,090 tokens/s at 1.31M parameters
-(configs/replicate/base.py), so a cell's 100 steps x 2,048 tokens take about 190 s;
-its two evaluations of 100 records and the 200 training records' test about 20 s, the
-evaluate stage (both again, and 100 answers) about 50 s, compiling about 25 s for the first cell of each alpha (the others load it from the
-study's compilation cache): about 260 to 285 s a cell, 6 cells, about 27 minutes.
-
-Not yet here (the later session's): the study's evaluate stage generates for the
-held-out split, not for --prompts, so the fixed sample of 200 AlpacaEval instructions,
-their saved outputs and ROUGE-L against text_davinci_003 need `neft_jax.evaluate
---prompts` on each cell (or a study option for it).
+Sizing (at most 30 minutes on 2 cores): the base trains at about 1,940 tokens/s on the
+quiet machine (configs/replicate/base.py), so a cell's 100 steps x 2,048 tokens take about
+105 s; scoring the held-out 100 and the 200 training records before and after about 20 s,
+the evaluate stage (both again, and 200 answers of up to 64 tokens) about 60 s, compiling
+about 25 s for the first cell of each alpha (the others load it from the study's
+compilation cache): about 3 minutes a cell, 6 cells, about 18 minutes.
 """
 
 import ml_collections
@@ -38,7 +37,8 @@ from neft_jax.defaults import base as default_config
 
 
 def get_config(arg: str = ""):
-  paths = common.files(common.options(arg))
+  opts = common.options(arg)
+  paths = common.files(opts)
   base = default_config()
   base.model.path = paths["base_model"]
   base.model.param_dtype = base.model.dtype = "float32"
@@ -57,10 +57,11 @@ def get_config(arg: str = ""):
   base.optim.learning_rate = 5e-4
   base.optim.warmup_ratio = 0.05
   base.checkpoint.every_steps = 50
-  base.eval.exact_match_examples = 100  # the held-out prompts the evaluate stage answers
   base.generate.max_new_tokens = 64
   base.generate.repetition_penalty = 1.2
   base.generate.truncate_prompts = True  # 256 positions: prompt and answer must fit
+  if opts["model"]:
+    common.full_scale(base, opts["model"], common.FULL_SCALE_NEFTUNE)
 
   config = ml_collections.ConfigDict()
   config.study = dict(
@@ -74,5 +75,8 @@ def get_config(arg: str = ""):
       seeds=(0, 1, 2),
       stages=("train", "evaluate"),
       contrasts={"neftune": ("alpha_5", "alpha_0")},
+      evaluate=dict(prompts=paths["alpaca_eval_sample"]),
+      metrics=("eval_loss", "test_loss", "train_loss", "gen_mean_chars", "gen_mean_words",
+               "gen_rep_2", "gen_diversity", "gen_log_diversity", "gen_rouge_l"),
   )
   return config

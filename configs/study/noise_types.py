@@ -1,11 +1,11 @@
 """Study B (issue 14): noise types (Li & Sen 2026) in miniature: clean, label, typo, grammar.
 
-    python -m neft_jax.study --config=configs/study/noise_types.py --workdir=runs/study_noise_types
+    python -m neft_jax.study --config=configs/study/noise_types.py --workdir=runs/replicate/study_noise_types
     (--config=configs/study/noise_types.py:data=DIR,runs=DIR: configs/replicate/common.py)
 
 Fixed before any result was seen, and not to be tuned towards the paper's answer:
 
-- model: configs/replicate/base.py's pretrained 1.31M-parameter Llama (runs/replicate/base_hf)
+- model: configs/replicate/base.py's pretrained 3.15M-parameter Llama (runs/replicate/base_hf)
 - task: rt-polarity sentiment as instruction tuning (configs/sentiment.py's task), the
   fixed stratified split of common.SENTIMENT_SPLIT (split_seed 0): 533 test sentences,
   213 eval, 9,916 train; none of the eval and test sentences is in the pretraining corpus
@@ -34,8 +34,11 @@ from configs.replicate import common
 
 
 def get_config(arg: str = ""):
-  base = common.sentiment_config(common.options(arg))
+  opts = common.options(arg)
+  base = common.sentiment_config(opts)
   base.train.steps = 32
+  if opts["model"]:
+    common.full_scale(base, opts["model"], common.FULL_SCALE_SENTIMENT)
 
   config = ml_collections.ConfigDict()
   config.study = dict(
@@ -50,6 +53,7 @@ def get_config(arg: str = ""):
       control="clean",
       seeds=(0, 1, 2),
       stages=("train", "analyze"),
+      metrics=("test_accuracy", "test_macro_f1", "eval_accuracy", "train_loss"),
       contrasts={"label_vs_typo": ("label_30", "typo_30"),
                  "label_vs_grammar": ("label_30", "grammar_30")},
       analyze=dict(max_examples=256, max_tokens=4096, probe_labels=True),
