@@ -45,6 +45,7 @@ DEFAULT_RULES: tuple = (
     ("layers", None),
     ("norm", None),
     ("positions", None),
+    ("lora_rank", None),  # LoRA's rank: small, never sharded
 )
 
 

@@ -78,6 +78,11 @@ class ModelConfig:
   scan_layers: bool = True
   remat: str = "none"
   attention: str = "xla"
+  # LoRA (neft_jax.models.lora): rank 0 is off; alpha scales B A by alpha / rank.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()
+  lora_dtype: str = "float32"  # the adapters' parameters
 
   def __post_init__(self):
     check_option("param_dtype", self.param_dtype, DTYPES)
@@ -85,6 +90,7 @@ class ModelConfig:
     check_option("remat", self.remat, REMAT_POLICIES)
     check_option("attention", self.attention, ATTENTION_IMPLEMENTATIONS)
     check_option("activation", self.activation, ACTIVATIONS)
+    check_option("lora_dtype", self.lora_dtype, DTYPES)
     if self.num_heads % self.num_kv_heads:
       raise UserError(
           f"num_heads={self.num_heads} is not a multiple of "
@@ -99,6 +105,10 @@ class ModelConfig:
   def compute_jnp_dtype(self):
     return DTYPES[self.dtype]
 
+  @property
+  def lora_jnp_dtype(self):
+    return DTYPES[self.lora_dtype]
+
   def with_options(self, **options) -> "ModelConfig":
     """Returns a copy with run options changed, rejecting unknown names."""
     unknown = sorted(set(options) - set(OPTION_NAMES))
@@ -106,7 +116,7 @@ class ModelConfig:
       raise UserError(
           f"unknown model option(s) {unknown}; the options are {list(OPTION_NAMES)}"
       )
-    options = {k: (dtype_name(v) if k in ("param_dtype", "dtype") else v)
+    options = {k: (dtype_name(v) if k in ("param_dtype", "dtype", "lora_dtype") else v)
                for k, v in options.items() if v is not None}
     return dataclasses.replace(self, **options)
 
@@ -131,7 +141,8 @@ class ModelConfig:
     return total
 
 
-OPTION_NAMES = ("param_dtype", "dtype", "scan_layers", "remat", "attention")
+OPTION_NAMES = ("param_dtype", "dtype", "scan_layers", "remat", "attention", "lora_rank",
+                "lora_alpha", "lora_targets", "lora_dtype")
 
 
 def check_option(name: str, value, choices) -> None:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, Sharding
 from neft_jax import sharding as sharding_lib
 from neft_jax.errors import UserError
 from neft_jax.hub import is_hub_id
-from neft_jax.models import gpt2, llama, qwen2
+from neft_jax.models import adapters, gpt2, llama, lora, qwen2
 from neft_jax.models.config import OPTION_NAMES, ModelConfig, dtype_name
 from neft_jax.models.mapping import HFConfig, HFTensor
 from neft_jax.models.transformer import Transformer
@@ -210,7 +210,7 @@ def _read_parameters(files: WeightFiles, tensor: HFTensor, resolved, shapes, num
 
 def load_hf(path: str, *, param_dtype="float32", dtype=None, mesh: Mesh | None = None,
             rules: sharding_lib.Rules | None = None, sharding: Sharding | None = None,
-            **options) -> Transformer:
+            lora_seed: int = 0, **options) -> Transformer:
   """The NNX decoder with a Hugging Face checkpoint's weights.
 
   Args:
@@ -221,7 +221,9 @@ def load_hf(path: str, *, param_dtype="float32", dtype=None, mesh: Mesh | None =
     mesh, rules: place every parameter by its logical axes (rules default to
       `neft_jax.sharding.DEFAULT_RULES`); each device receives only its shard.
     sharding: alternatively, one Sharding for every parameter.
-    **options: other model options (scan_layers, remat, attention).
+    lora_seed: with options lora_rank > 0 (and lora_targets), the seed of the fresh
+      adapters' A (`neft_jax.models.adapters.init_adapters`).
+    **options: other model options (scan_layers, remat, attention, lora_*).
   """
   folder = resolve_checkpoint(path)
   family_cfg = read_config(folder)
@@ -252,6 +254,11 @@ def load_hf(path: str, *, param_dtype="float32", dtype=None, mesh: Mesh | None =
       # Wait for the copies, so host buffers never pile up behind the devices.
       jax.block_until_ready([values[name] for name in tensor.params])
 
+  adapter_names = {name for name, v in flat_abstract.items() if isinstance(v, lora.LoRAParam)}
+  if adapter_names:  # LoRA: fresh adapters (A Kaiming-uniform, B zeros), not in the checkpoint
+    adapter_shardings = nnx.state(shardings, lora.LoRAParam)
+    values |= {name: value for name, value in adapters.flat(adapters.init_adapters(
+        cfg, lora_seed, adapter_shardings)).items()}
   not_loaded = sorted(set(flat_abstract) - set(values))
   if not_loaded:  # a mapping bug, not a user error
     raise AssertionError(f"{cfg.family} mapping does not fill parameters {not_loaded}")

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from neft_jax.models import lora
 from neft_jax.models.config import ACTIVATIONS, REMAT_POLICIES, ModelConfig
 from neft_jax import sharding
 
@@ -65,18 +66,34 @@ class Projection(nnx.Module):
   """
 
   def __init__(self, equation: str, kernel_shape, kernel_axes, bias_shape=None,
-               bias_axes=None, *, cfg: ModelConfig, rngs: nnx.Rngs):
+               bias_axes=None, *, cfg: ModelConfig, rngs: nnx.Rngs, name: str = ""):
     self.equation = equation
     self.dtype = cfg.compute_jnp_dtype
     init = jax.nn.initializers.normal(cfg.initializer_range)
     self.kernel = _param(rngs, init, kernel_shape, kernel_axes, cfg.param_jnp_dtype)
     self.bias = None if bias_shape is None else _param(
         rngs, jax.nn.initializers.zeros, bias_shape, bias_axes, cfg.param_jnp_dtype)
+    # LoRA (neft_jax.models.lora): y += (alpha / r) * B (A x) on the targeted projections.
+    if cfg.lora_rank and name in cfg.lora_targets:
+      (a_shape, a_axes), (b_shape, b_axes), fan_in = lora.factor_shapes(
+          equation, kernel_shape, kernel_axes, cfg.lora_rank)
+      dtype = cfg.lora_jnp_dtype
+      self.lora_a = lora.LoRAParam(lora.init_a(rngs.params(), a_shape, dtype, fan_in),
+                                   logical_axes=a_axes)
+      self.lora_b = lora.LoRAParam(jnp.zeros(b_shape, dtype), logical_axes=b_axes)
+      self.lora_scale = cfg.lora_alpha / cfg.lora_rank
+    else:
+      self.lora_a = self.lora_b = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = matmul_einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    x = x.astype(self.dtype)
+    y = matmul_einsum(self.equation, x, self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora_a is not None:
+      through_a, through_b, _ = lora.einsum_equations(self.equation)
+      h = matmul_einsum(through_a, x, self.lora_a[...].astype(self.dtype))
+      y = y + self.lora_scale * matmul_einsum(through_b, h, self.lora_b[...].astype(self.dtype))
     return y
 
 
@@ -167,14 +184,14 @@ class Attention(nnx.Module):
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     qkv_bias = lambda heads, axis: ((heads, h), (axis, "head_dim")) if cfg.qkv_bias else (None, None)
     self.query = Projection("btd,nhd->btnh", (n, h, d), ("heads", "head_dim", "embed"),
-                            *qkv_bias(n, "heads"), cfg=cfg, rngs=rngs)
+                            *qkv_bias(n, "heads"), cfg=cfg, rngs=rngs, name="query")
     self.key = Projection("btd,khd->btkh", (k, h, d), ("kv_heads", "head_dim", "embed"),
-                          *qkv_bias(k, "kv_heads"), cfg=cfg, rngs=rngs)
+                          *qkv_bias(k, "kv_heads"), cfg=cfg, rngs=rngs, name="key")
     self.value = Projection("btd,khd->btkh", (k, h, d), ("kv_heads", "head_dim", "embed"),
-                            *qkv_bias(k, "kv_heads"), cfg=cfg, rngs=rngs)
+                            *qkv_bias(k, "kv_heads"), cfg=cfg, rngs=rngs, name="value")
     out_bias = ((d,), ("embed",)) if cfg.out_bias else (None, None)
     self.out = Projection("btnh,dnh->btd", (d, n, h), ("embed", "heads", "head_dim"),
-                          *out_bias, cfg=cfg, rngs=rngs)
+                          *out_bias, cfg=cfg, rngs=rngs, name="out")
     self.use_rope = cfg.positions == "rope"
     self.scale = cfg.attention_scale
     self.implementation = cfg.attention
@@ -228,11 +245,11 @@ class MLP(nnx.Module):
     bias = lambda size, axis: ((size,), (axis,)) if cfg.mlp_bias else (None, None)
     if cfg.mlp == "gated":
       self.gate = Projection("btd,md->btm", (m, d), ("mlp", "embed"), *bias(m, "mlp"),
-                             cfg=cfg, rngs=rngs)
+                             cfg=cfg, rngs=rngs, name="gate")
     self.up = Projection("btd,md->btm", (m, d), ("mlp", "embed"), *bias(m, "mlp"),
-                         cfg=cfg, rngs=rngs)
+                         cfg=cfg, rngs=rngs, name="up")
     self.down = Projection("btm,dm->btd", (d, m), ("embed", "mlp"), *bias(d, "embed"),
-                           cfg=cfg, rngs=rngs)
+                           cfg=cfg, rngs=rngs, name="down")
     self.gated = cfg.mlp == "gated"
     self.activation = cfg.activation
 
