@@ -13,14 +13,13 @@ Fixed before any result was seen, and not to be tuned towards the paper's answer
 - conditions at each size: no dropout, uniform dropout 0.1 at every site, guided dropout
   (rates from 0 to max 0.1 by the Fisher scores of the base on 256 documents of the
   pretraining corpus, runs/replicate/fisher.json, made once beforehand); seeds 0, 1, 2;
-  24 steps of 16 packed rows of 160 tokens, learning rate 1e-3, for every cell
+  24 steps of 10 packed rows of 256 tokens, learning rate 1e-3, for every cell
 - stage: train (test_accuracy on the clean test split)
 - contrasts: guided vs uniform at each size (and uniform vs none at each size)
 
-Sizing (at most 30 minutes on 2 cores), at about 1,090 tokens/s: 24 steps x 2,560 tokens
-about 56 s (a little more with dropout), the eval before and after about 12 s, the test
-about 25 s: about 95 s a cell, 18 cells, about 28.5 minutes; the Fisher pass once, about a
-minute, before.
+Sizing (at most 30 minutes on 2 cores), at about 1,940 tokens/s: 24 steps x 2,560 tokens
+about 35 s (a little more with dropout), the eval before and after and the test about 30 s:
+about 65 s a cell, 18 cells, about 20 minutes; the Fisher pass once, about a minute, before.
 
 What this size can show: 24 steps of about 32 sentences see about 770 sentences, less than
 the 992 of the 10% split, so the two sizes differ in how varied the examples are more

@@ -10,8 +10,8 @@ Fixed before any result was seen, and not to be tuned towards the paper's answer
   fixed stratified split of common.SENTIMENT_SPLIT (split_seed 0): 533 test sentences,
   213 eval, 9,916 train; none of the eval and test sentences is in the pretraining corpus
 - conditions: clean (the control), label_30 (30% of the training labels flipped), typo_30
-  and grammar_30 (30% of the eligible words); seeds 0, 1, 2; 32 steps of 16 packed rows of
-  160 tokens, learning rate 1e-3 (cosine, 10% warmup), no NEFTune, no dropout
+  and grammar_30 (30% of the eligible words); seeds 0, 1, 2; 32 steps of 10 packed rows of
+  256 tokens (about 30 sentences a step), learning rate 1e-3 (cosine, 10% warmup), no NEFTune, no dropout
 - stages: train (test_accuracy, test_macro_f1 on the clean test split), then analyze
   against the base: weight change, CKA and attention JS by layer, and a linear probe of the
   task by layer (probe_labels) on the 213 held-out (eval) examples. No evaluate stage: on
@@ -20,12 +20,12 @@ Fixed before any result was seen, and not to be tuned towards the paper's answer
   the budget does not have
 - contrasts: label vs typo and label vs grammar (each condition is also compared with clean)
 
-Sizing (at most 30 minutes on 2 cores), at about 1,090 tokens/s (configs/replicate/base.py):
-a cell's 32 steps x 2,560 tokens take about 75 s; scoring both labels of 213 eval sentences
-before and after training about 12 s, of the 533 test sentences about 25 s; analyze
+Sizing (at most 30 minutes on 2 cores), at about 1,940 tokens/s (configs/replicate/base.py):
+a cell's 32 steps x 2,560 tokens take about 45 s; scoring both labels of the 213 eval
+sentences before and after training and of the 533 test sentences about 30 s; analyze
 (two models' forward passes on 213 examples, the probes) about 20 s, compiling about 25 s
-for the first cell: about 135 s a cell, 12 cells, about 27 minutes. The rate 0.1 is left
-out: the budget does not allow it.
+for the first cell: about 100 s a cell, 12 cells, about 20 minutes. The rate 0.1 would
+double that past the budget, so it is left out.
 """
 
 import ml_collections
