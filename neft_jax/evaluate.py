@@ -77,8 +77,10 @@ def load_prompts(path: str) -> list[dict]:
 
 def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
              model_path: str | None = None, step: int | None = None, prompts_path: str | None = None,
-             out_dir: str | None = None) -> dict:
-  """Runs the evaluation; returns the summary (also written to OUT/summary.json)."""
+             out_dir: str | None = None, generator: str | None = None) -> dict:
+  """Runs the evaluation; returns the summary (also written to OUT/summary.json).
+  `generator` names the model in model_outputs.json (default: the workdir's folder name and
+  step, or the model folder's name)."""
   config_check.validate(config)
   if (workdir is None) == (model_path is None):
     raise UserError("give either --workdir (a training run) or --model (a Hugging Face folder)")
@@ -87,14 +89,14 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     workdir = run.folder(workdir)
     model, step = run.trained_model(workdir, config, mesh, rules, step)
     tokenizer_path, tokenizer_key = run.tokenizer_path(config, workdir)
-    generator = f"{workdir.name}-step{step}"
+    generator = generator or f"{workdir.name}-step{step}"
     out_dir = out_dir or workdir / f"eval_step_{step}"
   else:
     model = load_hf(model_path, mesh=mesh, rules=rules, param_dtype=config.model.param_dtype,
                     dtype=config.model.dtype, attention=config.model.attention)
     tokenizer_path, tokenizer_key = config.model.tokenizer or model_path, (
         "model.tokenizer" if config.model.tokenizer else "--model")
-    generator = os.path.basename(os.path.normpath(model_path))
+    generator = generator or os.path.basename(os.path.normpath(model_path))
     out_dir = out_dir or "eval"
   tokenizer = pipeline.load_tokenizer(tokenizer_path, tokenizer_key)
   bos = start_token(model.config, tokenizer)

@@ -449,8 +449,8 @@ def test_evaluate_and_analyze_stages(straight_study, tmp_path):
   assert {"gen_mean_words", "gen_exact_match", "gen_rouge_l"} <= generated
   outputs = json.loads(next(study_dir.glob("cells/clean/seed0/eval_step_*/model_outputs.json"))
                        .read_text())
-  assert [(o["instruction"], o["dataset"]) for o in outputs] == [
-      (p["instruction"], "toy") for p in prompts]  # the prompts', not the held-out split's
+  assert [(o["instruction"], o["dataset"], o["generator"]) for o in outputs] == [
+      (p["instruction"], "toy", "smoke-clean-seed0") for p in prompts]  # not the held-out split's
   analysis = study_dir / "cells" / "clean" / "seed0" / "analysis"
   assert {"analysis.json", "analysis.csv", "analysis.md"} <= set(os.listdir(analysis))
   about = json.loads((analysis / "analysis.json").read_text())

@@ -174,7 +174,8 @@ def run_cell(study: spec.Study, cell: spec.Cell, study_dir: str) -> dict | None:
     if "evaluate" in study.stages:
       from neft_jax import evaluate
       summary = evaluate.evaluate(config, workdir=workdir,
-                                  prompts_path=evaluate_prompts(study, study_dir))
+                                  prompts_path=evaluate_prompts(study, study_dir),
+                                  generator=f"{study.name}-{cell.condition}-seed{cell.seed}")
       for name, value in summary.items():
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
             and name != "step" and not name.startswith(("eval_", "test_"))):
