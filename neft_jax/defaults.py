@@ -84,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
       grad_accum_steps=1,
       log_every=10,
       eval_every=0,     # 0: evaluate before and after training only
+      eval_at_start=True,  # False: no evaluation before the first step
       peak_tflops=0.0,  # per-device peak for MFU; 0: from the device kind (TPU v4-v6e, H100/H200)
       loss_chunk_size=-1,  # positions per chunk of the head and loss; 0: all; -1: by vocabulary size
   )
@@ -103,6 +104,8 @@ def base() -> ml_collections.ConfigDict:
       max_new_tokens=32,
       show_answers=8,
       metrics_prefix_tokens=128,  # whitespace tokens of each answer for repetition/diversity
+      splits=("eval", "test"),  # the held-out splits training and neft_jax.evaluate score
+      loss=True,  # held-out loss; False on classification data scores only the labels
   )
   config.generate = dict(  # neft_jax.evaluate; the NEFTune paper decoded greedily with penalty 1.2
       max_new_tokens=512,

@@ -118,8 +118,9 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
                                  rules, layout, {"eval": data.eval, "test": data.test})
     for split in ("eval", "test"):
       results = evaluator.metrics(params, split)
-      if results:
-        summary |= results | {f"{split}_perplexity": float(np.exp(results[f"{split}_loss"]))}
+      if f"{split}_loss" in results:
+        results[f"{split}_perplexity"] = float(np.exp(results[f"{split}_loss"]))
+      summary |= results
 
   # Generations and their metrics.
   if not prompts_path and pipeline.is_text(config.data):

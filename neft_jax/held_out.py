@@ -31,12 +31,15 @@ class HeldOut:
                bos: int | None, mesh, rules, layout: batching.BatchLayout,
                splits: dict[str, TokenizedSet]):
     self.max_length, self.mesh, self.rules, self.layout = config.data.max_length, mesh, rules, layout
-    self.splits = {name: data for name, data in splits.items() if len(data)}
+    scored = names(config.eval.get("splits", ("eval", "test")))
+    self.splits = {name: data for name, data in splits.items() if len(data) and name in scored}
     chunk = loss.chunk_size_for(config.train.loss_chunk_size, vocab_size)
     self.eval_step = jax.jit(steps.make_eval_step(graphdef, chunk))
     self.batch_sharding = sharding.batch_sharding(mesh, rules, 0)
     self.labels, self.score_step = {}, None
     self.examples: dict[str, dict[str, np.ndarray]] = {}  # per-example results of the last call
+    # eval.loss=False on classification data: the labels' scores alone, a third of the work.
+    self.with_loss = config.eval.get("loss", True) or config.data.format != "classification"
     if config.data.format == "classification":
       labels = names(config.data.labels)
       self.score_step = jax.jit(classify.make_score_step(graphdef, chunk),
@@ -50,14 +53,16 @@ class HeldOut:
     return sharding.global_batch(batch, self.batch_sharding)
 
   def metrics(self, params, split: str) -> dict[str, float]:
-    """{split}_loss and _token_accuracy, and for classification _accuracy and _macro_f1;
-    {} for a split without records."""
+    """{split}_loss and _token_accuracy, and for classification _accuracy and _macro_f1
+    (only these with eval.loss=False); {} for a split without records or not in
+    eval.splits."""
     if split not in self.splits:
       return {}
     batches = batching.eval_batches(self.splits[split], max_length=self.max_length,
                                     layout=self.layout)
     with sharding.activation_rules(self.mesh, self.rules):
-      results = steps.eval_loss(self.eval_step, params, batches, self.to_global, split)
+      results = (steps.eval_loss(self.eval_step, params, batches, self.to_global, split)
+                 if self.with_loss else {})
       if split in self.labels:
         true_labels, sets = self.labels[split]
         scores = classify.label_log_likelihoods(self.score_step, params, sets,

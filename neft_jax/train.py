@@ -240,7 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   writer = metrics.MetricsWriter(workdir, enabled=is_main)
   preemption = multihost.Preemption()
   first_step = int(state.step)
-  before = run_evals(state.params, first_step) if first_step == 0 else {}
+  before = (run_evals(state.params, first_step)
+            if first_step == 0 and config.train.get("eval_at_start", True) else {})
   if first_step == 0 and (before or data.noise is not None):
     writer.write(0, {k: v for k, v in before.items() if k != "answers"}
                  | (data.noise.metrics() if data.noise is not None else {}))

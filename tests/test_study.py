@@ -463,6 +463,7 @@ def test_classification_cell_has_per_example_test_accuracy(demo_assets, tmp_path
   from tests.data.test_classification import classification_run_config, reviews
   base = classification_run_config(demo_assets, reviews(tmp_path))
   base.train.steps = 2
+  base.train.eval_at_start = False  # every cell's step 0 is the same base: not scored
   config = ml_collections.ConfigDict()
   config.study = dict(name="classification", base=base, conditions=(("clean", {}),),
                       control="clean", seeds=(0,), stages=("train",), contrasts={})
@@ -472,3 +473,6 @@ def test_classification_cell_has_per_example_test_accuracy(demo_assets, tmp_path
   assert len(test) == len(held_out) == 8 and set(test) | set(held_out) <= {0.0, 1.0}
   assert np.mean(test) == pytest.approx(cell["metrics"]["test_accuracy"], abs=1e-12)
   assert np.mean(held_out) == pytest.approx(cell["metrics"]["eval_accuracy"], abs=1e-12)
+  rows = [json.loads(line) for line in
+          open(tmp_path / "study" / "cells" / "clean" / "seed0" / "metrics.jsonl")]
+  assert not any(row["step"] == 0 for row in rows)  # train.eval_at_start=False

@@ -190,6 +190,12 @@ def test_a_classification_run_reports_accuracy_and_its_noise(demo_assets, tmp_pa
   summary = evaluate.evaluate(config, workdir=str(workdir), out_dir=str(tmp_path / "eval"))
   for key in ("eval_accuracy", "eval_macro_f1", "test_accuracy", "test_macro_f1", "test_loss"):
     assert summary[key] == pytest.approx(last[key], abs=1e-6), key
+  # eval.splits and eval.loss: only the test split, only its labels, the same numbers.
+  config.eval.splits, config.eval.loss = ("test",), False
+  labels_only = evaluate.evaluate(config, workdir=str(workdir), out_dir=str(tmp_path / "eval2"))
+  assert not any(key.startswith("eval_") or key.endswith("_loss") for key in labels_only)
+  for key in ("test_accuracy", "test_macro_f1"):
+    assert labels_only[key] == summary[key], key
 
 
 @pytest.mark.parametrize("row, message", [
