@@ -206,6 +206,30 @@ def layer_section(study_dir: str, study, cells, num_layers: int) -> str:
   return "\n".join(lines)
 
 
+def collect_outputs(study_dir: str, study, cells) -> str:
+  """Each cell's AlpacaEval answers as DIR/alpaca_eval/<condition>-seed<k>.json, named
+  <study>-<condition>-seed<k> (as the study runner names them), for `alpaca_eval
+  --model_outputs`."""
+  out = os.path.join(study_dir, "alpaca_eval")
+  os.makedirs(out, exist_ok=True)
+  written = 0
+  for cell in cells:
+    folder = summary.cell_dir(study_dir, cell["condition"], cell["seed"])
+    sources = sorted(name for name in os.listdir(folder) if name.startswith("eval_step_"))
+    if not sources:
+      continue
+    with open(os.path.join(folder, sources[-1], "model_outputs.json"), encoding="utf-8") as f:
+      outputs = json.load(f)
+    name = f"{study.name}-{cell['condition']}-seed{cell['seed']}"
+    for output in outputs:
+      output["generator"] = name
+    with open(os.path.join(out, f"{cell['condition']}-seed{cell['seed']}.json"), "w",
+              encoding="utf-8") as f:
+      json.dump(outputs, f, indent=1, ensure_ascii=False)
+    written += 1
+  return f"{written} answer files of {len(outputs) if written else 0} answers in {out}"
+
+
 def wall_times(cells) -> str:
   seconds = [cell.get("seconds", 0.0) for cell in cells]
   return f"{len(cells)} cells, {sum(seconds) / 60:.1f} minutes of cells (the study's own wall time is in the text)"
@@ -256,6 +280,9 @@ def main(argv: list[str]) -> None:
     if name == "noise_types":
       print()
       print(layer_section(study_dir, study, cells, common.BASE_MODEL["num_layers"]))
+    if name == "neftune":
+      print()
+      print("- " + collect_outputs(study_dir, study, cells))
     if name == "guided_dropout":
       print()
       print("- " + low_data_gain(cells))
