@@ -89,8 +89,15 @@ def verdict(low: float, high: float, sign: int) -> str:
   return "inconclusive"
 
 
+def finite_mean(values) -> float:
+  values = [v for v in values if np.isfinite(v)]
+  return float(np.mean(values)) if values else np.nan
+
+
 def fmt(value: float, digits: int = 4) -> str:
-  return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
+  if value is None or not np.isfinite(value):
+    return "n/a"
+  return "0" if abs(value) < 1e-12 else f"{value:.{digits}g}"  # rounding noise of equal seeds
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -177,8 +184,8 @@ def layer_section(study_dir: str, study, cells, num_layers: int) -> str:
   layers = sorted({layer for p in profiles.values() for m in names for layer in p[m]})
   rows = []
   for layer in layers:
-    rows.append([str(layer)] + [fmt(np.nanmean([p[m].get(layer, np.nan) for p in profiles.values()]), 3)
-                                for m in names])
+    rows.append([str(layer)] + [fmt(finite_mean([p[m].get(layer, np.nan)
+                                                 for p in profiles.values()]), 3) for m in names])
   lines.append(table(["layer", "attention weight change", "MLP weight change",
                       "attention JS (nats)", "1 − CKA to base", "probe gain over base"], rows))
   lines.append("")
