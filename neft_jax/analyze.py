@@ -46,7 +46,7 @@ from neft_jax.config_check import names
 from neft_jax.data import pipeline, sources, templates, text
 from neft_jax.data.tokenize import encode_prompts, start_token
 from neft_jax.errors import UserError
-from neft_jax.models import load_hf
+from neft_jax.models import adapters, load_hf
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ def load_model(path: str, config: ml_collections.ConfigDict | None, mesh, rules,
   unless --config), or a Hugging Face folder's."""
   if is_run(path):
     model, step = run.trained_model(path, run.load_config(path, config), mesh, rules, step)
+    if model.config.lora_rank:  # a LoRA run: its weights are the base's plus alpha/r B A
+      model = adapters.merged(model)
     return model, f"{path} (step {step})"
   config = config or defaults.base()
   return load_hf(path, mesh=mesh, rules=rules, param_dtype=config.model.param_dtype,

@@ -58,6 +58,13 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
   return check
 
 
+def lora_dropout(value) -> str | None:
+  if isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0:
+    return None
+  return ("must be 0: dropout on the adapters' input is not supported; the decoder's dropout "
+          "sites (dropout.mode, dropout.rate) work with LoRA")
+
+
 def boolean(value) -> str | None:
   return None if isinstance(value, bool) else "must be True or False"
 
@@ -174,6 +181,13 @@ def rules() -> dict[str, Check]:
       "model.scan_layers": boolean,
       "model.remat": one_of(REMAT_POLICIES),
       "model.attention": one_of(ATTENTION_IMPLEMENTATIONS),
+      "model.lora.rank": integer(0),
+      "model.lora.alpha": number(0, low_open=True),
+      "model.lora.dropout": lora_dropout,
+      "model.lora.targets": text,
+      "model.lora.base_dtype": one_of(DTYPES),
+      "model.lora.init_seed": integer(0, or_value=-1),
+      "model.lora.init_from": text,
       "data.path": text,
       "data.split": name,
       "data.format": one_of(pipeline.FORMATS),

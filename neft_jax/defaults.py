@@ -24,6 +24,17 @@ def base() -> ml_collections.ConfigDict:
       scan_layers=True,
       remat="none",     # none | full | dots | dots_no_batch
       attention="xla",  # xla | cudnn
+      # LoRA (neft_jax.models.lora): rank 0 is full fine-tuning. With rank > 0 only the
+      # adapters are trained; the base stays frozen in base_dtype, loaded from model.path.
+      lora=dict(
+          rank=0,
+          alpha=16.0,        # B A is scaled by alpha / rank, as PEFT does
+          dropout=0.0,       # PEFT's lora_dropout; only 0 is supported
+          targets="all",     # "all", or projections: "query,key,value,out,gate,up,down"
+          base_dtype="bfloat16",
+          init_seed=-1,      # the fresh adapters' A (-1: the run's seed)
+          init_from="",      # a PEFT adapter folder to start from
+      ),
   )
   config.data = dict(
       path="",          # hub dataset id, or a local .json/.jsonl/.csv/.parquet file or folder

@@ -1,10 +1,14 @@
 """Export a training run's parameters as a Hugging Face checkpoint folder.
 
     python -m neft_jax.export --workdir=DIR --out=HF_DIR [--step=N] [--dtype=bfloat16] [--overwrite]
+    python -m neft_jax.export --workdir=LORA_RUN --out=ADAPTER_DIR --adapter
 
 Writes config.json, safetensors (sharded above 5 GB), generation_config.json
 and the tokenizer's files, which transformers, vLLM, lm-evaluation-harness and
-AlpacaEval read. The run's config comes from --config or its config.json.
+AlpacaEval read; a LoRA run's adapters are merged into the weights. With
+--adapter (LoRA runs), PEFT's adapter_config.json and adapter_model.safetensors
+instead, which `peft.PeftModel.from_pretrained(base, ADAPTER_DIR)` loads
+(`neft_jax.models.adapters`). The run's config comes from --config or its config.json.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ml_collections import config_flags
 from neft_jax import cli, config_check, run, sharding
 from neft_jax.data import pipeline
 from neft_jax.errors import UserError
-from neft_jax.models import save_hf
+from neft_jax.models import adapters, save_hf
 
 
 def define_flags() -> None:
@@ -32,6 +36,8 @@ def define_flags() -> None:
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                     "dtype of the saved weights (default: the parameters').")
   flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --out.")
+  flags.DEFINE_bool("adapter", False, "A LoRA run: write the adapters in PEFT's format, not "
+                    "merged weights.")
 
 
 def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
@@ -47,8 +53,9 @@ def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
-           overwrite: bool = False) -> dict:
-  """Writes the run's parameters at `step` (default: latest) as a Hugging Face folder."""
+           overwrite: bool = False, adapter: bool = False) -> dict:
+  """Writes the run's parameters at `step` (default: latest) as a Hugging Face folder, or
+  with `adapter` a LoRA run's adapters as a PEFT folder."""
   import transformers
 
   if not workdir or not run.folder(workdir).is_dir():
@@ -56,10 +63,21 @@ def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype
   workdir = run.folder(workdir)
   config = run.load_config(workdir, config)
   config_check.validate(config)
+  if adapter and not config.model.get("lora", {}).get("rank", 0):
+    raise UserError(f"--adapter exports LoRA adapters, but the run in {workdir} trained every "
+                    "parameter (model.lora.rank=0); drop --adapter to export its weights")
   prepare_out_dir(out_dir, overwrite)  # before any work, and before anything is written
   mesh, rules = sharding.mesh_from_config(config)
   model, step = run.trained_model(workdir, config, mesh, rules, step)
   tokenizer = pipeline.load_tokenizer(*run.tokenizer_path(config, workdir))
+  if adapter:
+    written = adapters.save_peft(model, out_dir, base=config.model.path)
+    if jax.process_index() == 0:
+      print(f"exported the LoRA adapters of step {step} of {workdir} to {out_dir}: "
+            f"{', '.join(written)} (base {config.model.path})")
+    return {"step": step, "files": sorted(os.listdir(out_dir)) if jax.process_index() == 0 else []}
+  if model.config.lora_rank:
+    model = adapters.merged(model)
   written = save_hf(model, out_dir, dtype=dtype)
   if jax.process_index() == 0:
     tokenizer.save_pretrained(out_dir)
@@ -75,7 +93,7 @@ def main(FLAGS) -> None:
   if FLAGS.workdir:
     cli.log_to(str(run.folder(FLAGS.workdir) / "export.log"))
   export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
-         overwrite=FLAGS.overwrite)
+         overwrite=FLAGS.overwrite, adapter=FLAGS.adapter)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def trained_model(workdir, config: ml_collections.ConfigDict, mesh, rules, step:
   Only the parameters are read; the optimizer state stays on disk.
   """
   workdir = folder(workdir)
-  model_config = hf_io.model_config(resolve(config.model.path, workdir), config.model, weights=False)
+  model_path = resolve(config.model.path, workdir)
+  model_config = hf_io.model_config(model_path, config.model, weights=False)
+  if model_config.lora_rank:  # the checkpoints hold the adapters: the base comes from model.path
+    return _lora_model(workdir, config, model_config, model_path, mesh, rules, step)
   graphdef, abstract = hf_io.abstract_model(model_config)
   shardings = sharding.tree_shardings(abstract, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -107,3 +110,23 @@ def trained_model(workdir, config: ml_collections.ConfigDict, mesh, rules, step:
   finally:
     checkpoints.close()
   return nnx.merge(graphdef, params), step
+
+
+def _lora_model(workdir, config, model_config, model_path, mesh, rules, step):
+  """trained_model of a LoRA run: its base from model.path, checked against the one it was
+  trained on, with the checkpoint's adapters."""
+  from neft_jax import lora_run
+  directory = checkpoints_dir(workdir)
+  if not directory.is_dir():
+    raise UserError(f"{workdir} has no {CHECKPOINTS} folder; point --workdir at a training run")
+  lora_run.check_base(workdir, model_path)
+  frozen, fresh = lora_run.load(config, model_config, model_path, mesh, rules)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          fresh)
+  checkpoints = Checkpoints(directory, read_only=True)
+  try:
+    step, adapters = checkpoints.restore_params(abstract, step)
+  finally:
+    checkpoints.close()
+  graphdef = hf_io.abstract_trainable(model_config)[0]
+  return nnx.merge(graphdef, adapters, frozen), step

@@ -98,9 +98,12 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   positions of every row at a time, fused with their gradients
   (`neft_jax.loss.masked_loss_sum`); 0 computes the whole micro-batch's
   logits at once.
+
+  `frozen` (LoRA): the parameters that are not trained, merged with the state's
+  (the adapters) for the forward pass; no gradient or optimizer state is made for them.
   """
 
-  def train_step(state: TrainState, batch, key, dropout_rates=None):
+  def train_step(state: TrainState, batch, key, dropout_rates=None, frozen=None):
     total_tokens = jnp.maximum(target_mask(batch).sum(), 1).astype(jnp.float32)
     noise_key = jax.random.fold_in(jax.random.fold_in(key, NOISE_KEY), state.step)
     dropout_key = jax.random.fold_in(jax.random.fold_in(key, DROPOUT_KEY), state.step)
@@ -113,7 +116,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                                dropout_distribution)
 
       def loss_fn(params):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
         hidden_btd, targets_bt = _hidden_and_targets(
             model, micro_batch, noise, jax.random.fold_in(noise_key, index), drop)
         loss_sum = loss.masked_loss_sum(hidden_btd, model.head(), targets_bt,

@@ -29,8 +29,8 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import (checkpoint, cli, config_check, demo, dropout, held_out, loss, metrics,
-                      multihost, optim, response_metrics, run, sharding, steps)
+from neft_jax import (checkpoint, cli, config_check, demo, dropout, held_out, lora_run, loss,
+                      metrics, multihost, optim, response_metrics, run, sharding, steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -98,17 +98,25 @@ def prepare_workdir(workdir: str) -> epath.Path:
 
 
 def sharded_abstract_state(model_config: ModelConfig, optimizer, mesh, rules):
-  """(graphdef, abstract TrainState with shardings, the shardings): no memory used."""
-  graphdef, abstract_params = hf_io.abstract_model(model_config)
+  """(graphdef, abstract TrainState with shardings, the shardings, abstract frozen
+  parameters with shardings or None): no memory used. With LoRA the state's params
+  are the adapters and the frozen base is apart; otherwise every parameter trains."""
+  graphdef, abstract_params, abstract_frozen = hf_io.abstract_trainable(model_config)
   abstract = jax.eval_shape(
       lambda p: steps.TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
   shardings = sharding.tree_shardings(abstract, mesh, rules)
+  if abstract_frozen is not None:
+    frozen_shardings = sharding.tree_shardings(abstract_frozen, mesh, rules)
+    abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                   abstract_frozen, frozen_shardings)
   for name in sharding.replicated_parameters(shardings.params, abstract.params):
+    if model_config.lora_rank and "lora_" in name:
+      continue  # an adapter's factors may be too small to split: that is expected
     log.warning("parameter %s is replicated on all %d devices: no sharding rule splits it "
                 "(check sharding.rules and the mesh sizes)", name, mesh.size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  return graphdef, abstract, shardings
+  return graphdef, abstract, shardings, abstract_frozen
 
 
 def _check_layout(layout: batching.BatchLayout, mesh, rules) -> None:
@@ -172,7 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   # ---------------------------------------------------------------- model, optimizer, state
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
-  graphdef, abstract_state, state_shardings = sharded_abstract_state(
+  graphdef, abstract_state, state_shardings, _ = sharded_abstract_state(
       model_config, optimizer, mesh, rules)
   checkpoints = checkpoint.Checkpoints(run.checkpoints_dir(workdir),
                                        max_to_keep=config.checkpoint.max_to_keep,
@@ -189,18 +197,32 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       (workdir / NOISE_MANIFEST_FILE).write_text("".join(
           json.dumps(entry, ensure_ascii=False) + "\n" for entry in data.noise.manifest))
   data_iter = train_data.iterator()
+  frozen = None  # LoRA: the base's parameters, never trained, never in a checkpoint
+  if model_config.lora_rank:
+    if restored is not None:  # the adapters come from the checkpoint: the base must be the same
+      lora_run.check_base(workdir, model_path)
+    frozen, adapters = lora_run.load(config, model_config, model_path, mesh, rules)
+    if is_main and restored is None:
+      lora_run.write_base(workdir, model_path)
   if restored is not None:
     state, root_key, data_state = restored
     data_iter.set_state(data_state)
     log.info("resumed from step %d of %s", int(state.step), checkpoints.directory)
   else:
-    model = load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
-                    dtype=model_config.dtype, scan_layers=model_config.scan_layers,
-                    remat=model_config.remat, attention=model_config.attention)
-    params = nnx.state(model, nnx.Param)
-    del model
+    if frozen is None:
+      model = load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
+                      dtype=model_config.dtype, scan_layers=model_config.scan_layers,
+                      remat=model_config.remat, attention=model_config.attention)
+      params = nnx.state(model, nnx.Param)
+      del model
+    else:
+      params = adapters
     opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
     state = steps.TrainState(jax.device_put(np.int32(0), state_shardings.step), params, opt_state)
+
+  def all_params(trained):
+    """Every parameter of the model: the trained ones, and with LoRA the frozen base."""
+    return trained if frozen is None else nnx.merge_state(frozen, trained)
 
   # ---------------------------------------------------------------- steps
   noise = steps.Noise(config.neftune.alpha, config.neftune.distribution)
@@ -240,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   writer = metrics.MetricsWriter(workdir, enabled=is_main)
   preemption = multihost.Preemption()
   first_step = int(state.step)
-  before = (run_evals(state.params, first_step)
+  before = (run_evals(all_params(state.params), first_step)
             if first_step == 0 and config.train.get("eval_at_start", True) else {})
   if first_step == 0 and (before or data.noise is not None):
     writer.write(0, {k: v for k, v in before.items() if k != "answers"}
@@ -253,7 +275,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   for step in range(first_step, last_step):
     batch = sharding.global_batch(next(data_iter), train_sharding)
     with sharding.activation_rules(mesh, rules):
-      state, step_metrics = train_step(state, batch, root_key, dropout_rates)
+      state, step_metrics = train_step(state, batch, root_key, dropout_rates, frozen)
     pending.append(step_metrics)
     done = step + 1
     preempted = preemption.reached(done)
@@ -270,7 +292,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       if peak_flops:  # every position computed counts, padding included
         logged["mfu"] = flops_per_token * row_tokens / elapsed / (mesh.size * peak_flops)
       if config.train.eval_every and done % config.train.eval_every == 0 and done != total_steps:
-        logged |= {k: v for k, v in run_evals(state.params, done).items() if k != "answers"}
+        logged |= {k: v for k, v in run_evals(all_params(state.params), done).items()
+                   if k != "answers"}
       writer.write(done, logged)
       progress.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_sec']:.0f}")
       pending, interval_start = [], time.perf_counter()
@@ -290,8 +313,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   if preempted:
     writer.close()
     return {"before": before, "after": {}, "steps": last_step, "state": state, "preempted": True}
-  after = run_evals(state.params, last_step)
-  test = evaluator.metrics(state.params, "test")
+  after = run_evals(all_params(state.params), last_step)
+  test = evaluator.metrics(all_params(state.params), "test")
   if is_main and test:
     tqdm.write(f"test at step {last_step}: { {k: round(v, 4) for k, v in test.items()} }")
   after |= test
@@ -328,7 +351,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   _check_layout(layout, mesh, rules)
   steps_for_schedule = config.train.steps or 1000
   optimizer, learning_rate = optim.optimizer(config.optim, steps_for_schedule)
-  graphdef, abstract_state, _ = sharded_abstract_state(model_config, optimizer, mesh, rules)
+  graphdef, abstract_state, _, abstract_frozen = sharded_abstract_state(
+      model_config, optimizer, mesh, rules)
   shape = (layout.grad_accum_steps, layout.micro_batch_size, config.data.max_length)
   batch_spec = sharding.batch_sharding(mesh, rules, 1)
   abstract_batch = {
@@ -346,7 +370,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   start = time.perf_counter()
   with sharding.activation_rules(mesh, rules):
     compiled = train_step.lower(abstract_state, abstract_batch, jax.random.key(0),
-                                dropout_rates).compile()
+                                dropout_rates, abstract_frozen).compile()
   compile_seconds = time.perf_counter() - start
 
   def per_device_bytes(tree) -> int:
@@ -360,6 +384,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
       "mesh": dict(mesh.shape),
       "parameters": model_config.num_params(),
       "param_bytes_per_device": per_device_bytes(abstract_state.params),
+      # LoRA: the frozen base apart from the trained adapters (param_bytes_per_device).
+      "frozen_bytes_per_device": (0 if abstract_frozen is None
+                                  else per_device_bytes(abstract_frozen)),
       "optimizer_bytes_per_device": per_device_bytes(abstract_state.opt_state),
       "argument_bytes_per_device": int(memory.argument_size_in_bytes),
       "output_bytes_per_device": int(memory.output_size_in_bytes),
@@ -376,6 +403,11 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     print(f"dry run: {model_config.family}, {model_config.num_params() / 1e9:.2f}B parameters, "
           f"mesh {report['mesh']}, batch {shape}")
+    if abstract_frozen is not None:
+      print(f"  LoRA rank {model_config.lora_rank}: frozen base "
+            f"{gib(report['frozen_bytes_per_device'])} per device ({model_config.param_dtype}), "
+            f"adapters {report['param_bytes_per_device'] / 2**20:.1f} MiB, their optimizer state "
+            f"{report['optimizer_bytes_per_device'] / 2**20:.1f} MiB")
     print(f"  per device: parameters {gib(report['param_bytes_per_device'])}, optimizer state "
           f"{gib(report['optimizer_bytes_per_device'])}, temporaries "
           f"{gib(report['temp_bytes_per_device'])}, peak {gib(report['peak_bytes_per_device'])}")

@@ -158,3 +158,18 @@ def test_dry_run_of_llama2_7b_on_8_devices_with_fsdp(tmp_path):
   assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
   assert 0 < report["temp_bytes_per_device"] < 4 * per_device
   assert report["step_flops_per_device"] > 0
+
+
+def test_lora_losses_equal_on_a_2x2x2_mesh(assets, tmp_path):
+  """LoRA with NEFTune and dropout: the frozen base and the adapters sharded over data, FSDP
+  and tensor axes give the one device's losses."""
+  runs = {}
+  for name, mesh, extra in (("one", (1, 1, 1), dict(mesh__num_devices=1)),
+                            ("2x2x2", MESHES["2x2x2"], {})):
+    config = scale_config(assets, mesh, **extra)
+    config.model.lora.update(rank=4, alpha=8.0, base_dtype="float32")
+    runs[name] = train.train(config, str(tmp_path / name))
+  np.testing.assert_allclose(losses(tmp_path / "2x2x2"), losses(tmp_path / "one"), rtol=1e-5)
+  b = runs["2x2x2"]["state"].params["layers"]["attn"]["query"]["lora_b"].get_value()
+  assert tuple(b.sharding.spec)[:2] == (None, "tensor")  # [layers, heads, head_dim, rank]
+  assert set(runs["2x2x2"]["state"].params["layers"]["attn"]["query"]) == {"lora_a", "lora_b"}

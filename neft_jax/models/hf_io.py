@@ -89,9 +89,12 @@ def read_config(folder: str) -> ModelConfig:
 def model_config(path: str, options, *, weights: bool = True) -> ModelConfig:
   """A checkpoint's ModelConfig (folder or hub id) with the run options of
   `options`, a mapping such as a config's `model` section (its other keys,
-  like `path`, are ignored). With weights=False a hub id fetches config.json only."""
+  like `path`, are ignored; `lora` with rank > 0 adds the adapters). With
+  weights=False a hub id fetches config.json only."""
   folder = resolve_checkpoint(path, weights=weights)
-  return read_config(folder).with_options(**{k: options[k] for k in OPTION_NAMES if k in options})
+  cfg = read_config(folder).with_options(**{k: options[k] for k in OPTION_NAMES if k in options})
+  # model.lora: the adapters, and the frozen base in model.lora.base_dtype.
+  return cfg.with_options(**lora.model_options(options.get("lora"), cfg.mlp, cfg.family))
 
 
 # Loading ------------------------------------------------------------------------
@@ -99,6 +102,16 @@ def model_config(path: str, options, *, weights: bool = True) -> ModelConfig:
 def abstract_model(cfg: ModelConfig):
   """(graphdef, abstract state) of the decoder: shapes, dtypes and logical axes, no memory."""
   return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+
+
+def abstract_trainable(cfg: ModelConfig):
+  """(graphdef, trainable, frozen) abstract states: with LoRA (cfg.lora_rank > 0) the
+  adapters and the frozen base, else every parameter and None."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  if cfg.lora_rank:
+    return nnx.split(model, lora.LoRAParam, ...)
+  graphdef, state = nnx.split(model)
+  return graphdef, state, None
 
 
 def _path_name(path) -> str:

@@ -96,3 +96,13 @@ def factor_shapes(equation: str, kernel_shape, kernel_axes, rank: int):
   a = ((rank, *[size[c] for c in contracted]), (RANK_AXIS, *[axis[c] for c in contracted]))
   b = ((*[size[f] for f in free], rank), (*[axis[f] for f in free], RANK_AXIS))
   return a, b, math.prod(size[c] for c in contracted)
+
+
+def model_options(section, mlp: str, family: str) -> dict:
+  """ModelConfig options of a config's `model.lora` section: {} with rank 0, else the
+  rank, alpha, targets (checked against the family) and the frozen base's dtype."""
+  if not section or not section.get("rank"):
+    return {}
+  return {"lora_rank": int(section["rank"]), "lora_alpha": float(section["alpha"]),
+          "lora_targets": targets(section.get("targets", "all"), mlp, family),
+          "param_dtype": section.get("base_dtype", "bfloat16")}

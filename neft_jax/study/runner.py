@@ -203,11 +203,19 @@ def dry_run(study: spec.Study, cache_dir: str | None = None) -> dict[str, dict]:
   conditions that compile to the same program (data noise) load it from that cache."""
   from neft_jax import train
   spec.validate(study)
-  reports = {}
+  reports, by_program = {}, {}
   with compilation_cache(cache_dir):
     for cell in spec.cells(study)[::len(study.seeds)]:
+      config = spec.cell_config(study, cell)
+      key = program_key(config)
+      if key in by_program:  # only the data differs (noise, share): the same step, the same bytes
+        reports[cell.condition] = reports[by_program[key]]
+        log.info("study %s: condition %s compiles as %s does", study.name, cell.condition,
+                 by_program[key])
+        continue
       log.info("study %s: dry run of condition %s", study.name, cell.condition)
-      reports[cell.condition] = train.dry_run(spec.cell_config(study, cell))
+      reports[cell.condition] = train.dry_run(config)
+      by_program[key] = cell.condition
   if jax.process_index() == 0:
     gib = lambda b: round(b / 2**30, 2)  # noqa: E731
     for condition, report in reports.items():
@@ -216,6 +224,17 @@ def dry_run(study: spec.Study, cache_dir: str | None = None) -> dict[str, dict]:
     print(json.dumps({"study": study.name, "peak_gib_per_device": {
         condition: gib(report["peak_bytes_per_device"]) for condition, report in reports.items()}}))
   return reports
+
+
+def program_key(config) -> str:
+  """What decides a cell's compiled train step: the config without the data section's
+  contents, which change the examples but not the step (noise, data.train_fraction,
+  files), and with the data's shapes (max_length, packing) kept."""
+  content = json.loads(config.to_json_best_effort())
+  data = content.pop("data", {})
+  content["data_shape"] = [data.get("max_length"), data.get("packing")]
+  content.pop("seed", None)
+  return json.dumps(content, sort_keys=True)
 
 
 def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only: bool = False,
