@@ -269,6 +269,10 @@ def main(argv: list[str]) -> None:
   docs = args.pop("docs", "docs")
   opts = common.options(",".join(f"{k}={v}" for k, v in args.items()))
   runs = opts["runs"]
+  if not os.path.exists(os.path.join(runs, "base", "config.json")):
+    from neft_jax import cli
+    cli.fail(f"{runs}/base holds no pretraining run; run configs/replicate/base.py first (the "
+             "replications' folder is the runs=DIR argument, default runs/replicate)")
   os.makedirs(os.path.join(docs, "img"), exist_ok=True)
   print("## Base model\n")
   print(base_section(os.path.join(runs, "base")))
