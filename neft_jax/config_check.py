@@ -168,7 +168,7 @@ def site_types(choices) -> Check:
 def rules() -> dict[str, Check]:
   """The check of every config key (of defaults.base() and configs/demo.py's `demo`)."""
   from neft_jax import dropout, neftune, optim
-  from neft_jax.data import noise, pipeline, templates
+  from neft_jax.data import conversations, noise, pipeline, templates
   from neft_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
   from neft_jax.sharding import MESH_AXES
 
@@ -195,6 +195,7 @@ def rules() -> dict[str, Check]:
       "data.eval_split": name,
       "data.eval_size": held_out_size,
       "data.template": one_of(templates.TEMPLATES),
+      "data.train_on": one_of(conversations.TRAIN_ON),
       "data.max_length": integer(2),
       "data.packing": boolean,
       "data.fields.instruction": name,
@@ -202,6 +203,7 @@ def rules() -> dict[str, Check]:
       "data.fields.output": name,
       "data.fields.text": name,
       "data.fields.label": name,
+      "data.fields.messages": text,
       "data.test_path": text,
       "data.test_split": name,
       "data.test_size": held_out_size,
@@ -369,6 +371,27 @@ def _text_problems(data, config_eval) -> list[str]:
   return found
 
 
+def _conversation_problems(data, config_eval) -> list[str]:
+  """data.format='conversation' against what needs single-turn records."""
+  from neft_jax.data import templates
+  found = []
+  if data.get("template") not in templates.CHAT_TEMPLATES:
+    found.append(f"data.format='conversation' renders turns with a chat template, but "
+                 f"data.template={data.get('template')!r}; use data.template='chat' (the "
+                 "tokenizer's) or 'plain_chat'")
+  noise = data.get("noise")
+  if noise is not None and noise.kind != "none":
+    found.append("data.noise corrupts instruction and classification records, not "
+                 "conversations; set data.noise.kind='none' or use data.format='instruction'")
+  if names(data.get("exclude", ())):
+    found.append("data.exclude matches instruction records, not conversations; leave it empty "
+                 "with data.format='conversation'")
+  if config_eval is not None and config_eval.get("exact_match"):
+    found.append("eval.exact_match=True answers single-turn prompts, not conversations; set "
+                 "eval.exact_match=False")
+  return found
+
+
 def _data_problems(data, config_eval=None) -> list[str]:
   """Data keys that only make sense together (and eval's that depend on them)."""
   found = []
@@ -382,6 +405,8 @@ def _data_problems(data, config_eval=None) -> list[str]:
     found += _text_problems(data, config_eval)
     if found:
       return found
+  if data.get("format") == "conversation":
+    return _conversation_problems(data, config_eval)
   if noise is not None and noise.kind == "label" and len(labels) < 2:
     found.append("data.noise.kind='label' needs the label set: set data.labels to the class "
                  "names (two or more) the label field holds")

@@ -40,6 +40,7 @@ def base() -> ml_collections.ConfigDict:
       path="",          # hub dataset id, or a local .json/.jsonl/.csv/.parquet file or folder
       split="train",    # split of a hub dataset
       format="instruction",  # instruction (records) | classification (text and label: data.labels)
+                             # | conversation (ShareGPT or messages turns: data.template chat/plain_chat)
       eval_path="",     # held-out data; if empty, data.eval_size records of data.path
       eval_split="train",
       eval_size=0.0,    # count (>= 1) or fraction (< 1) of data.path held out for eval
@@ -49,11 +50,13 @@ def base() -> ml_collections.ConfigDict:
       exclude=(),       # files whose records are dropped from data.path (neft_jax/data/dedup.py)
       train_fraction=1.0,  # a seeded share of the training split (stratified by label), by split_seed
       split_seed=0,     # the held-out splits' seed (not the run's seed: every run gets the same ones)
-      template="alpaca",  # alpaca | chat (the tokenizer's template) | text (plain text)
+      template="alpaca",  # alpaca | chat (the tokenizer's template) | plain_chat (ours) | text
+      train_on="all_assistant",  # conversations: all_assistant | last_assistant turns carry loss
       max_length=512,
       packing=False,
       fields=dict(instruction="instruction", input="input", output="output",
-                  text="text", label="label"),  # text: classification's and data.template=text's; label
+                  text="text", label="label",  # text: classification's and data.template=text's
+                  messages=""),  # conversations' turns ("": conversations or messages)
       labels=(),        # the class names in order (integer labels index them); label noise's set
       instruction="",   # classification: the prompt's instruction ("" : "Classify the text as ...")
       noise=dict(       # controlled noise in the training split: neft_jax/data/noise.py

@@ -73,10 +73,11 @@ BAD_VALUES = {
     "model.attention": ("flash", "is not one of 'xla', 'cudnn'"),
     "model.param_dtype": ("fp32", "is not one of 'float32', 'bfloat16', 'float16'"),
     "model.scan_layers": ("yes", "must be True or False"),
-    "data.template": ("vicuna", "is not one of 'alpaca', 'chat', 'text'"),
+    "data.template": ("vicuna", "is not one of 'alpaca', 'chat', 'plain_chat', 'text'"),
+    "data.train_on": ("every", "is not one of 'all_assistant', 'last_assistant'"),
     "data.eval_size": (2.5, "must be a fraction below 1 or a whole count of records"),
     "data.max_length": (1, "must be an integer >= 2"),
-    "data.format": ("table", "is not one of 'instruction', 'classification'"),
+    "data.format": ("table", "is not one of 'instruction', 'classification', 'conversation'"),
     "data.noise.kind": ("jitter", "is not one of 'none', 'label', 'typo', 'grammar'"),
     "data.noise.rate": (1.5, "must be in [0, 1]"),
     "data.noise.typo_ops": (("swap", "flip"), "has unknown 'flip'; must be a tuple of names "

@@ -7,6 +7,7 @@
 
 Records are instruction records, or (data.format="classification") text-and-label
 rows made into instruction records whose output is the label's name, or
+(data.format="conversation") multi-turn conversations (`neft_jax.data.conversations`), or
 (data.template="text") plain-text documents, each a Record with the document
 in `input` and no instruction or output (`neft_jax.data.text`). The
 held-out splits are drawn by data.split_seed, never by the run's seed, so
@@ -25,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from neft_jax.config_check import names
-from neft_jax.data import dedup, noise, templates, text
+from neft_jax.data import conversations, dedup, noise, templates, text
 from neft_jax.data.sources import Fields, Record, load_classification, load_records
 from neft_jax.data.tokenize import TokenizedSet, tokenize
 from neft_jax.errors import UserError
@@ -33,7 +34,7 @@ from neft_jax.hub import is_hub_id
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("instruction", "classification")
+FORMATS = ("instruction", "classification", "conversation")
 SPLITS = ("train", "eval", "test")
 
 
@@ -73,6 +74,9 @@ def _load(config: ml_collections.ConfigDict, path: str, split: str, key: str) ->
         text_key="data.fields.text", what="plain-text data",
         fields=Fields(instruction=fields.instruction, input=fields.input, output=fields.output))
     return [Record(instruction="", input=document, output="") for document in documents]
+  if config.format == "conversation":
+    return conversations.load_conversations(path, split=split, field=fields.get("messages", ""),
+                                            config_key=key)
   if config.format == "classification":
     return load_classification(path, split=split, labels=names(config.labels),
                                instruction=config.instruction, config_key=key,
@@ -264,6 +268,17 @@ def tokenized_splits(config: ml_collections.ConfigDict, tokenizer, seed: int, *,
         log.info("%s: %d documents of plain text, %d longer than data.max_length=%d split into "
                  "%d chunks, %d dropped (no token to predict): %d examples", name, len(records),
                  data.num_split, config.max_length, data.num_chunks, data.num_dropped, len(data))
+      continue
+    if config.format == "conversation":
+      sets[name] = data = conversations.tokenize_conversations(
+          records, tokenizer, max_length=config.max_length, template=config.template, bos=bos,
+          train_on=config.get("train_on", "all_assistant"))
+      if records:
+        log.info("%s: %d conversations, %d longer than data.max_length=%d cut after their last "
+                 "assistant turn that fits, %d cut inside their first assistant turn, %d dropped "
+                 "(no assistant token fits): %d examples", name, len(records),
+                 data.num_cut_at_turn, config.max_length, data.num_truncated, data.num_dropped,
+                 len(data))
       continue
     data = tokenize(records, tokenizer, max_length=config.max_length, template=config.template,
                     bos=bos)

@@ -5,6 +5,7 @@
                                                text-and-label rows as Records: the input is
                                                the text, the output the label's name
     load_file(file)                           one local file's rows, every column kept
+    rows_of(path, split, config_key)          (rows, where) of each file of a path, or a hub split
 
 Hub datasets and parquet files are loaded with Hugging Face `datasets`; local
 JSON and JSON lines with the standard json module (exact values, exact error
@@ -155,7 +156,7 @@ def _records(rows, source: str, fields: Fields) -> list[Record]:
   return records
 
 
-def _sources(path: str, split: str, config_key: str):
+def rows_of(path: str, split: str, config_key: str):
   """(rows, where) of every file of a local path, or of a hub dataset's split."""
   if not path:
     raise UserError(f"{config_key} is not set; give a local .json, .jsonl, .csv or .parquet "
@@ -178,7 +179,7 @@ def load_records(path: str, *, split: str = "train", fields: Fields = Fields(),
                  config_key: str = "data.path") -> list[Record]:
   """All records of a local file or folder, or of a hub dataset's split."""
   records = []
-  for rows, where in _sources(path, split, config_key):
+  for rows, where in rows_of(path, split, config_key):
     records += _records(rows, where, fields)
   return _not_empty(records, path, config_key)
 
@@ -236,6 +237,6 @@ def load_classification(path: str, *, split: str = "train", labels=(), instructi
     return _not_empty(_classification_records(rt_polarity.load_rt_polarity(path), path, "text",
                                               "label", labels, instruction), path, config_key)
   records = []
-  for rows, where in _sources(path, split, config_key):
+  for rows, where in rows_of(path, split, config_key):
     records += _classification_records(rows, where, text_field, label_field, labels, instruction)
   return _not_empty(records, path, config_key)

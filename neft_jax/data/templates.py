@@ -1,7 +1,10 @@
-"""Prompt formats: the Alpaca templates, the tokenizer's own chat template, or plain text.
+"""Prompt formats: the Alpaca templates, a chat template, or plain text.
 
 A template turns a record into (prompt, response) text. The loss is computed
-on the response only; the tokenizer's EOS is appended after it.
+on the response only; the tokenizer's EOS is appended after it. `chat` renders
+with the tokenizer's own chat template, `plain_chat` with PLAIN_CHAT, the
+fallback for base models that ship none; both render conversations too
+(`neft_jax.data.conversations`).
 
 `text` (plain-text training, `neft_jax.data.text`) has no prompt to mask: a
 document is trained on whole. An instruction record becomes the plain text
@@ -24,17 +27,40 @@ ALPACA_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n")
 
-TEMPLATES = ("alpaca", "chat", "text")
+TEMPLATES = ("alpaca", "chat", "plain_chat", "text")
+CHAT_TEMPLATES = ("chat", "plain_chat")  # rendered by a Jinja chat template
 TEXT_SEPARATOR = "\n\n"  # between the parts of a flattened instruction record
+
+# The fallback template: Alpaca's "### " headers, one blank line between turns, EOS
+# ending each assistant turn; {% generation %} marks what carries loss, so
+# transformers' return_assistant_tokens_mask can check the mask.
+PLAIN_CHAT = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Assistant:\n' }}{% generation %}{{ message['content'] + eos_token }}"
+    "{% endgeneration %}{{ '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}")
 
 
 def check_template(name: str, tokenizer) -> None:
   if name not in TEMPLATES:
-    raise UserError(f"data.template={name!r} is not one of {list(TEMPLATES)}; use alpaca or chat "
-                    "for instruction tuning, text for plain-text training")
-  if name == "chat" and not getattr(tokenizer, "chat_template", None):
-    raise UserError("data.template='chat' but the tokenizer has no chat_template; "
-                    "use data.template='alpaca' or a tokenizer that ships one")
+    raise UserError(f"data.template={name!r} is not one of {list(TEMPLATES)}; use alpaca, chat or "
+                    "plain_chat for instruction tuning, text for plain-text training")
+  if name == "chat":
+    chat_template(name, tokenizer)
+
+
+def chat_template(template: str, tokenizer) -> str:
+  """The Jinja source `template` ("chat" or "plain_chat") renders with."""
+  if template == "plain_chat":
+    return PLAIN_CHAT
+  if not getattr(tokenizer, "chat_template", None):
+    raise UserError("data.template='chat' but the tokenizer has no chat_template; use "
+                    "data.template='plain_chat' (neft_jax's plain template) or a tokenizer that "
+                    "ships one")
+  return tokenizer.chat_template
 
 
 def prompt(record: Record, template: str, tokenizer=None) -> str:
@@ -55,6 +81,7 @@ def prompt(record: Record, template: str, tokenizer=None) -> str:
     return ALPACA_NO_INPUT.format(instruction=record.instruction)
   content = record.instruction + (f"\n\n{record.input}" if record.input else "")
   return tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                       chat_template=chat_template(template, tokenizer),
                                        tokenize=False, add_generation_prompt=True)
 
 
