@@ -18,7 +18,9 @@ defaults. Each run workdir is read with its own config.json (or --config).
 
 Writes into DIR analysis.json, analysis.csv (model, layer, module, head,
 metric, value), analysis.md and weight_change.png, cka_by_layer.png,
-attention_js.png (`neft_jax.analysis.report`). With --probe_labels, on
+attention_js.png (`neft_jax.analysis.report`), and provenance.json (the code,
+config, probe and model hashes, and under "inputs" each run workdir's own
+provenance.json: `neft_jax.provenance`). With --probe_labels, on
 classification data (the text and label rows of --probe, or the run's held-out
 split), also a linear probe's held-out accuracy on every layer's mean hidden
 state of the prompt, for every model (probe_accuracy.png).
@@ -38,7 +40,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from neft_jax import classify, cli, defaults, run, sharding
+from neft_jax import classify, cli, defaults, provenance, run, sharding
 from neft_jax.analysis.compare import BASE, compare
 from neft_jax.analysis.report import write_report
 from neft_jax.analysis.weights import check_same_architecture, flat_parameters
@@ -229,6 +231,10 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
     return {}
   start = time.perf_counter()
   paths = write_report(comparison, out_dir, about)
+  record = provenance.collect(main_config, workdir=runs[0] if runs else None, mesh=mesh,
+                              inputs=runs, models=[p for p in [base, *tuned] if p not in runs],
+                              data={"--probe": probe})  # a run's model: in its own record
+  provenance.write(out_dir, record)
   log.info("analyze: report written in %.1f s", time.perf_counter() - start)
   with open(paths[2], encoding="utf-8") as f:
     print(f.read())

@@ -22,7 +22,9 @@ it reports the held-out loss, perplexity and token accuracy, and generates
 (continuing each prompt as plain text) only for --prompts.
 
 It writes model_outputs.json (instruction, output, generator, dataset: what
-`alpaca_eval --model_outputs` reads) and summary.json, and prints a table.
+`alpaca_eval --model_outputs` reads), summary.json and provenance.json (this
+evaluation's code, config, data and model hashes, and under "inputs" the run's
+own provenance.json: `neft_jax.provenance`), and prints a table.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from neft_jax import cli, config_check, defaults, held_out, response_metrics, run, sharding
+from neft_jax import (cli, config_check, defaults, held_out, provenance, response_metrics, run,
+                      sharding)
 from neft_jax.answers import generate_answers, prompt_tokens
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -100,6 +103,10 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     out_dir = out_dir or "eval"
   tokenizer = pipeline.load_tokenizer(tokenizer_path, tokenizer_key)
   bos = start_token(model.config, tokenizer)
+  # provenance.json's record, written beside summary.json: the run's own under inputs.
+  record = provenance.collect(config, workdir=workdir, mesh=mesh, inputs=[workdir],
+                              models=[model_path] if model_path else None,
+                              data={"--prompts": prompts_path})
   summary: dict = {"generator": generator}
   if step is not None:
     summary["step"] = step
@@ -124,7 +131,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
 
   # Generations and their metrics.
   if not prompts_path and pipeline.is_text(config.data):
-    return _finish_without_generations(summary, out_dir, eval_set)
+    return _finish_without_generations(summary, out_dir, eval_set, record)
   if prompts_path:
     records = load_prompts(prompts_path)
     source, dataset = prompts_path, os.path.splitext(os.path.basename(prompts_path))[0]
@@ -152,12 +159,13 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
                 "dataset": r.get("dataset", dataset)} for r, answer in zip(records, answers)]
     (out_dir / "model_outputs.json").write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    provenance.write(out_dir, record)
     print(response_metrics.format_table({k: v for k, v in summary.items() if k != "generator"}))
     print(f"wrote {len(outputs)} generations and the summary to {out_dir}")
   return summary
 
 
-def _finish_without_generations(summary: dict, out_dir, eval_set) -> dict:
+def _finish_without_generations(summary: dict, out_dir, eval_set, record: dict) -> dict:
   """A plain-text run without --prompts: the held-out metrics alone, and why."""
   if eval_set is None:
     raise UserError("nothing to evaluate: data.template='text' has no prompts and the config no "
@@ -169,6 +177,7 @@ def _finish_without_generations(summary: dict, out_dir, eval_set) -> dict:
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    provenance.write(out_dir, record)
     print(response_metrics.format_table({k: v for k, v in summary.items()
                                          if k not in ("generator", "generation")}))
     print(note)

@@ -27,29 +27,23 @@ from neft_jax import run
 from neft_jax.errors import UserError
 from neft_jax.models import adapters as adapter_io
 from neft_jax.models import hf_io, load_hf, lora
+from neft_jax.models.weight_files import weight_file_names
+from neft_jax.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
 BASE_FILE = "lora_base.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 24), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def fingerprint(model_path: str) -> dict:
   """{path, config_sha256, weights_sha256} of a base model folder (or hub id, resolved)."""
   folder = hf_io.resolve_checkpoint(model_path)
-  names = sorted(n for n in os.listdir(folder) if n.endswith(WEIGHT_SUFFIXES))
+  names = weight_file_names(folder)
   weights = hashlib.sha256()
   for name in names:
-    weights.update(name.encode() + b"\0" + _sha256(os.path.join(folder, name)).encode())
-  return {"path": model_path, "config_sha256": _sha256(os.path.join(folder, hf_io.CONFIG_FILE)),
+    weights.update(name.encode() + b"\0" + file_sha256(os.path.join(folder, name)).encode())
+  return {"path": model_path,
+          "config_sha256": file_sha256(os.path.join(folder, hf_io.CONFIG_FILE)),
           "weights_sha256": weights.hexdigest(), "files": names}
 
 

@@ -5,7 +5,7 @@
 
 The same command runs on every host of a multi-host job (jax.distributed
 starts on TPU slices and SLURM, or with --coordinator_address). The workdir
-receives config.json, metrics.jsonl, tensorboard/ and checkpoints/; a run
+receives config.json, provenance.json, metrics.jsonl, tensorboard/ and checkpoints/; a run
 started again on the same workdir resumes from its latest checkpoint, also on
 another mesh. On SIGTERM the processes agree on a step, save and exit 0.
 --dry_run compiles the step for the configured mesh without loading weights
@@ -30,7 +30,8 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from neft_jax import (checkpoint, cli, config_check, demo, dropout, held_out, lora_run, loss,
-                      metrics, multihost, optim, response_metrics, run, sharding, steps)
+                      metrics, multihost, optim, provenance, response_metrics, run, sharding,
+                      steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -193,6 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   restored = checkpoints.restore_latest(abstract_state, root_key)
   if is_main:
     run.write_config(workdir, config)
+    provenance.write(workdir, provenance.collect(config, workdir=workdir, mesh=mesh))
     if data.noise is not None:  # one line per changed field, indices into the split's source
       (workdir / NOISE_MANIFEST_FILE).write_text("".join(
           json.dumps(entry, ensure_ascii=False) + "\n" for entry in data.noise.manifest))

@@ -1,6 +1,7 @@
 """neft_jax.analyze and the comparison behind it: a planted change is found where it was made."""
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -126,6 +127,10 @@ def test_cli_compares_a_base_with_two_runs_and_writes_every_file(demo_assets, sh
           "entropy_base", "entropy_tuned"} <= metrics
   summary = (out / "analysis.md").read_text()
   assert all(name in summary for name in names) and "attention JS" in summary
+  record = json.loads((out / "provenance.json").read_text())  # each run's own record within
+  assert record["inputs"] == {str(run): json.loads((run / "provenance.json").read_text())
+                              for run in (noisy, clean_run)}
+  assert list(record["models"]) == [os.path.join(demo_assets, "model")]
 
 
 def test_cli_bad_input_is_one_error_line(demo_assets, shrunk_run, tmp_path):

@@ -83,6 +83,8 @@ def test_evaluate_held_out_split(run, tmp_path):
   assert len(outputs) == 8
   assert set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
   assert json.loads((tmp_path / "summary.json").read_text())["count"] == 8
+  record = json.loads((tmp_path / "provenance.json").read_text())
+  assert record["inputs"] == {str(workdir): json.loads((workdir / "provenance.json").read_text())}
 
 
 def test_evaluate_alpaca_eval_prompts_from_a_hf_folder_matches_the_workdir(run, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_config
-from neft_jax import checkpoint, train
+from neft_jax import checkpoint, provenance, train
 from neft_jax.errors import UserError
 
 
@@ -61,6 +61,11 @@ def test_shrunk_demo_writes_metrics_config_tensorboard_checkpoints(straight_run)
   assert [l["step"] for l in evals] == [0, 6]
   assert {"eval_token_accuracy", "eval_exact_match"} <= set(evals[0])
   assert json.loads((workdir / "config.json").read_text())["neftune"]["alpha"] == 5.0
+  record = json.loads((workdir / "provenance.json").read_text())  # beside config.json
+  assert record["config"] == json.loads((workdir / "config.json").read_text())
+  train_file = record["config"]["data"]["path"]
+  assert record["data"]["data.path"] == {train_file: provenance.file_sha256(train_file)}
+  assert record["mesh"] and record["models"][record["config"]["model"]["path"]]["config_sha256"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   assert result["after"]["eval_loss"] < result["before"]["eval_loss"]

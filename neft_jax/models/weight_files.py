@@ -42,6 +42,7 @@ _SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +53,30 @@ class TensorInfo:
   offset: int = 0  # byte offset of the data in a safetensors file
 
 
-def read_safetensors_header(path: str) -> dict[str, TensorInfo]:
+def weight_file_names(folder: str) -> list[str]:
+  """The names of a checkpoint folder's weight files (.safetensors, .bin), in name order."""
+  return sorted(name for name in os.listdir(folder) if name.endswith(WEIGHT_SUFFIXES))
+
+
+def read_safetensors_header_bytes(path: str) -> bytes:
+  """A safetensors file's JSON header as stored: every tensor's name, dtype, shape, offsets."""
   with open(path, "rb") as f:
     (header_len,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
     if header_len > 100_000_000:
       raise UserError(f"{path} is not a valid safetensors file (header of {header_len} bytes)")
-    try:
-      header = json.loads(f.read(header_len))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise UserError(f"{path} is not a valid safetensors file ({e})") from None
-  data_start = 8 + header_len
+    header = f.read(header_len)
+  if len(header) != header_len:
+    raise UserError(f"{path} ends inside its header; the file is truncated")
+  return header
+
+
+def read_safetensors_header(path: str) -> dict[str, TensorInfo]:
+  header_bytes = read_safetensors_header_bytes(path)
+  try:
+    header = json.loads(header_bytes)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not a valid safetensors file ({e})") from None
+  data_start = 8 + len(header_bytes)
   infos = {}
   for name, entry in header.items():
     if name == "__metadata__":

@@ -7,12 +7,13 @@
 Resumable: a cell with cell.json is done and skipped; a cell whose run was
 killed resumes from its latest checkpoint (`neft_jax.train.train` on the same
 workdir does). DIR/study.json holds the resolved study; a second start with
-another grid is refused before anything runs. Compiled steps are shared
-between cells through JAX's persistent compilation cache (DIR/.jax_cache by
-default), so a seed after the first, or a condition that only changes the
-data, compiles nothing. What a cell's stages print (eval lines, answers,
-tables) goes to its console.log; the console keeps the log lines, warnings,
-progress bars and one line per cell.
+another grid is refused before anything runs. DIR/provenance.json records the
+code, versions and base config of the latest start (`neft_jax.provenance`).
+Compiled steps are shared between cells through JAX's persistent compilation
+cache (DIR/.jax_cache by default), so a seed after the first, or a condition
+that only changes the data, compiles nothing. What a cell's stages print (eval
+lines, answers, tables) goes to its console.log; the console keeps the log
+lines, warnings, progress bars and one line per cell.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+from neft_jax import provenance
 from neft_jax import run as run_folder
 from neft_jax.errors import UserError
 from neft_jax.study import spec, summary
@@ -256,10 +258,12 @@ def run(study: spec.Study, study_dir: str, cells: str = "0/1", *, summarize_only
     except UserError as e:
       raise UserError(f"study.evaluate.prompts: {str(e).removeprefix('--prompts=')}") from None
   check_study_file(study, study_dir, write=is_main and not summarize_only)
+  if summarize_only and not os.path.isdir(study_dir):
+    raise UserError(f"{study_dir} holds no study yet; run the study first (without "
+                    "--summarize_only)")
+  if is_main:  # this start's code and base config (study.json: the grid; each cell: its own)
+    provenance.write(study_dir, provenance.collect(spec.fill_study_dir(study.base, study_dir)))
   if summarize_only:
-    if not os.path.isdir(study_dir):
-      raise UserError(f"{study_dir} holds no study yet; run the study first (without "
-                      "--summarize_only)")
     return summary.summarize(study_dir, study) if is_main else []
   todo = [cell for cell in selected if not is_done(study_dir, cell)]
   log.info("study %s: %d cells (%d conditions x %d seeds); --cells=%s selects %d, %d done before",
