@@ -1,7 +1,7 @@
 """What did fine-tuning change? A base model against tuned ones, layer by layer.
 
     python -m neft_jax.analyze --base=A --tuned=B [--tuned=C ...] --out=DIR \\
-        [--probe=DATA] [--step=N] [--max_examples=256] [--max_tokens=4096] \\
+        [--probe=DATA] [--step=N|best] [--max_examples=256] [--max_tokens=4096] \\
         [--config=configs/x.py] [--debiased] [--seed=0]
 
 A, B, C are Hugging Face folders or hub ids, or training run workdirs (their
@@ -64,7 +64,8 @@ def define_flags() -> None:
   flags.DEFINE_string("probe", None, "Probe data: instruction records or text; default: the "
                       "run's held-out split.")
   flags.DEFINE_string("out", None, "Output folder.")
-  flags.DEFINE_integer("step", None, "Checkpoint step of the run workdirs (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step of the run workdirs, or best "
+                      "(checkpoint.keep_best's best; default: the latest).")
   flags.DEFINE_integer("max_examples", 256, "Probe examples used at most.")
   flags.DEFINE_integer("max_tokens", 4096, "Real tokens sampled for CKA at most.")
   flags.DEFINE_bool("debiased", False, "Debiased (unbiased-HSIC) CKA.")
@@ -246,8 +247,8 @@ def analyze(base: str, tuned: list[str], out_dir: str, *, config=None, probe=Non
 def main(FLAGS) -> None:
   cli.log_to(os.path.join(FLAGS.out, "analyze.log"))
   analyze(FLAGS.base, FLAGS.tuned, FLAGS.out, config=FLAGS.config, probe=FLAGS.probe,
-          step=FLAGS.step, max_examples=FLAGS.max_examples, max_tokens=FLAGS.max_tokens,
-          debiased=FLAGS.debiased, seed=FLAGS.seed, probe_labels=FLAGS.probe_labels)
+          step=run.parse_step(FLAGS.step), max_examples=FLAGS.max_examples,
+          max_tokens=FLAGS.max_tokens, debiased=FLAGS.debiased, seed=FLAGS.seed, probe_labels=FLAGS.probe_labels)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,18 @@ restoring: Orbax itself would raise on some differences and cast dtypes
 silently. Orbax writes each step to a temporary folder and renames it when
 complete, so an interrupted save never looks like a checkpoint.
 
+**Keep-best.** With `KeepBest(metric, mode, count)` (checkpoint.keep_best),
+checkpoints saved with eval metrics are ranked by Orbax's own `best_fn` and
+`BestN` preservation policy: the `count` best are kept beside the
+`max_to_keep` latest (`LatestN`), and `best_step()` is Orbax's. The metrics
+live in each step's folder, so the ranking survives a restart.
+
 Reading a run folder (its config, its trained model) is `neft_jax.run`'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -30,16 +37,49 @@ from neft_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
+MODES = ("min", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepBest:
+  """checkpoint.keep_best: keep the `count` best checkpoints by eval `metric` (`mode` min or max)."""
+  metric: str
+  mode: str = "min"
+  count: int = 1
+
+  @classmethod
+  def from_config(cls, section) -> "KeepBest | None":
+    """The config's checkpoint.keep_best, or None when its metric is empty (off)."""
+    keep = section.get("keep_best") if section is not None else None
+    if not keep or not keep.get("metric"):
+      return None
+    return cls(keep.metric, keep.get("mode", "min"), keep.get("count", 1))
+
+  def value(self, metrics) -> float:
+    """The metric of a checkpoint's saved metrics (Orbax's best_fn)."""
+    return float(metrics[self.metric])
+
+
 
 class Checkpoints:
   def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, keep_best: KeepBest | None = None):
     """`directory`: an absolute local path or a bucket URL (`run.checkpoints_dir`)."""
     self.directory = epath.Path(directory)
+    self.keep_best = keep_best
+    retention = dict(max_to_keep=None if read_only else max_to_keep)
+    if keep_best is not None:  # the best by metric beside the latest, Orbax's policies both
+      retention = dict(best_fn=keep_best.value, best_mode=keep_best.mode)
+      if not read_only:
+        policies = ocp.checkpoint_managers
+        retention["preservation_policy"] = policies.AnyPreservationPolicy([
+            policies.LatestN(n=max_to_keep),
+            policies.BestN(get_metric_fn=keep_best.value, reverse=keep_best.mode == "min",
+                           n=keep_best.count, keep_checkpoints_without_metrics=False)])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else max_to_keep, create=not read_only,
+        create=not read_only,
         save_interval_steps=0 if read_only else 1,  # as Orbax sets them itself, with a warning
-        read_only=read_only, enable_async_checkpointing=async_save)
+        read_only=read_only, enable_async_checkpointing=async_save, **retention)
     # Handlers named up front, so each item's metadata reads before any restore.
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
         params=ocp.StandardCheckpointHandler(), optimizer=ocp.StandardCheckpointHandler(),
@@ -49,8 +89,13 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, root_key: jax.Array, data_state: dict) -> None:
+  def save(self, step: int, state, root_key: jax.Array, data_state: dict, *,
+           metrics: dict | None = None, extra: dict | None = None) -> None:
     """Starts saving (returns before the arrays are on disk when async).
+
+    `metrics`: the step's eval metrics, which keep-best ranks (None: a checkpoint
+    kept only while it is among the latest). `extra`: more JSON for the meta item
+    (the early-stopping state), given back by restore_latest.
 
     A partial or corrupt checkpoint that restore_latest skipped at this step is
     deleted first: the run has come back to its step and replaces it.
@@ -61,14 +106,19 @@ class Checkpoints:
       self.manager.delete(step)
       self.unrestorable.remove(step)
     key_data = np.asarray(jax.random.key_data(root_key)).tolist()
+    meta = {"step": int(step), "data": data_state, "root_key": key_data} | (extra or {})
+    if self.keep_best is not None and metrics is not None:
+      metrics = {name: float(value) for name, value in metrics.items()}
+    else:
+      metrics = None
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-        meta=ocp.args.JsonSave({"step": int(step), "data": data_state, "root_key": key_data})),
-        force=True)
+        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
 
   def restore_latest(self, abstract_state, root_key: jax.Array):
-    """(state, root_key, data_state) of the newest good checkpoint, or None.
+    """(state, root_key, data_state, meta) of the newest good checkpoint, or None;
+    `meta` holds what `save` was given as `extra`.
 
     `abstract_state` (a TrainState of ShapeDtypeStructs with shardings) gives
     the shapes, dtypes and shardings to restore into, so a checkpoint restores
@@ -108,15 +158,30 @@ class Checkpoints:
                                      impl=jax.random.key_impl(root_key))
       state = abstract_state.replace(step=restored.optimizer["step"], params=restored.params,
                                      opt_state=restored.optimizer["opt_state"])
-      return state, key, restored.meta["data"]
+      return state, key, restored.meta["data"], restored.meta
     return None
 
-  def restore_params(self, abstract_params, step: int | None = None):
-    """(step, parameters) of `step` or of the latest checkpoint; the optimizer stays on disk."""
+  def best_step(self) -> int:
+    """The best step by keep-best's metric, as Orbax ranks them; a UserError without one."""
+    if self.keep_best is None:
+      raise UserError("--step=best needs a run trained with checkpoint.keep_best (a metric to "
+                      "rank its checkpoints by); give a step number, or train with "
+                      "--config.checkpoint.keep_best.metric=eval_loss")
+    ranked = [step for step in self.steps() if self.manager.metrics(step) is not None]
+    if not ranked:
+      raise UserError(f"no checkpoint in {self.directory} was saved with eval metrics, so none "
+                      f"is best; give a step number (the steps saved are {self.steps()})")
+    return int(self.manager.best_step())
+
+  def restore_params(self, abstract_params, step: int | str | None = None):
+    """(step, parameters) of `step` (a number, or "best"), or of the latest checkpoint; the
+    optimizer stays on disk."""
     steps = self.steps()
     if not steps:
       raise UserError(f"{self.directory} has no checkpoint; train first, or point --workdir "
                       "at a run that saved one")
+    if step == "best":
+      step = self.best_step()
     if step is None:
       step = steps[-1]
     elif step not in steps:

@@ -167,7 +167,7 @@ def site_types(choices) -> Check:
 
 def rules() -> dict[str, Check]:
   """The check of every config key (of defaults.base() and configs/demo.py's `demo`)."""
-  from neft_jax import dropout, neftune, optim
+  from neft_jax import checkpoint, dropout, neftune, optim
   from neft_jax.data import conversations, noise, pipeline, templates
   from neft_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
   from neft_jax.sharding import MESH_AXES
@@ -244,6 +244,10 @@ def rules() -> dict[str, Check]:
       "train.eval_every": integer(0),
       "train.eval_at_start": boolean,
       "train.peak_tflops": number(0),
+      "train.early_stopping.metric": text,
+      "train.early_stopping.mode": one_of(checkpoint.MODES),
+      "train.early_stopping.patience": integer(1),
+      "train.early_stopping.min_delta": number(0),
       "optim.learning_rate": number(0, low_open=True),
       "optim.schedule": one_of(optim.SCHEDULES),
       "optim.warmup_ratio": number(0, 1, high_open=True),
@@ -270,6 +274,9 @@ def rules() -> dict[str, Check]:
       "checkpoint.every_steps": integer(1),
       "checkpoint.max_to_keep": integer(1),
       "checkpoint.async_save": boolean,
+      "checkpoint.keep_best.metric": text,
+      "checkpoint.keep_best.mode": one_of(checkpoint.MODES),
+      "checkpoint.keep_best.count": integer(1),
       "mesh.data": integer(1, or_value=-1),
       "mesh.fsdp": integer(1, or_value=-1),
       "mesh.tensor": integer(1, or_value=-1),
@@ -329,10 +336,50 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   for section in ("demo", "pretrain"):  # the run's model is made from these: they must agree
     if section in config and not found:
       found += _made_model_problems(config, section)
+  if "checkpoint" in config and "train" in config and not found:
+    found += _selection_problems(config)
   if "pretrain" in config and not found and config.data.template not in ("text", "alpaca"):
     found.append(f"pretrain trains its tokenizer on data.path's text, which "
                  f"data.template={config.data.template!r} cannot render without one; set "
                  "data.template='text'")
+  return found
+
+
+def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The metrics every evaluation during training reports, by the config."""
+  data, config_eval = config.data, config.get("eval", {})
+  classification = data.get("format") == "classification"
+  found = []
+  if config_eval.get("loss", True) or not classification:
+    found += ["eval_loss", "eval_token_accuracy"]
+  if classification:
+    found += ["eval_accuracy", "eval_macro_f1"]
+  if config_eval.get("exact_match"):
+    found.append("eval_exact_match")
+  return found
+
+
+def _selection_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """checkpoint.keep_best and train.early_stopping against the evaluations they rank."""
+  from neft_jax.data import pipeline
+  found = []
+  for key, section in (("checkpoint.keep_best", config.checkpoint.get("keep_best")),
+                       ("train.early_stopping", config.train.get("early_stopping"))):
+    if not section or not section.metric:
+      continue
+    known = eval_metric_names(config)
+    if section.metric not in known:
+      found.append(f"{key}.metric={section.metric!r} is not a metric the evaluations report; "
+                   f"use one of {known}")
+    elif "data" in config and not pipeline.has_held_out(config.data):
+      found.append(f"{key}.metric={section.metric!r} ranks held-out evaluations, but the data "
+                   "has no eval split; set data.eval_path, or data.eval_size")
+    elif "eval" not in names(config.get("eval", {}).get("splits", ("eval",))):
+      found.append(f"{key}.metric={section.metric!r} ranks the eval split's evaluations, but "
+                   "eval.splits leaves it out; add eval to eval.splits")
+    elif key == "train.early_stopping" and not config.train.eval_every:
+      found.append(f"{key}.metric={section.metric!r} needs evaluations during training; set "
+                   "train.eval_every")
   return found
 
 

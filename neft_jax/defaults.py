@@ -101,6 +101,9 @@ def base() -> ml_collections.ConfigDict:
       eval_at_start=True,  # False: no evaluation before the first step
       peak_tflops=0.0,  # per-device peak for MFU; 0: from the device kind (TPU v4-v6e, H100/H200)
       loss_chunk_size=-1,  # positions per chunk of the head and loss; 0: all; -1: by vocabulary size
+      # Stop when an eval metric (evaluated every train.eval_every steps) has not improved by
+      # more than min_delta for `patience` evaluations; metric "" is off.
+      early_stopping=dict(metric="", mode="min", patience=3, min_delta=0.0),
   )
   config.optim = dict(
       learning_rate=5e-5,
@@ -131,7 +134,12 @@ def base() -> ml_collections.ConfigDict:
       seed=0,
       truncate_prompts=False,  # cut over-long prompts from the left instead of failing
   )
-  config.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
+  config.checkpoint = dict(
+      every_steps=500, max_to_keep=3, async_save=True,
+      # The `count` best checkpoints by an eval metric, kept beside the max_to_keep latest;
+      # every evaluation then saves one. metric "" is off.
+      keep_best=dict(metric="", mode="min", count=1),
+  )
   config.mesh = dict(
       data=-1, fsdp=1, tensor=1,  # -1: the rest of the devices
       num_devices=0,  # use only the first N devices of a single process (0: all)

@@ -1,6 +1,6 @@
 """Evaluate a fine-tuned model: held-out loss, generations, the NEFTune paper's metrics.
 
-    python -m neft_jax.evaluate --config=configs/x.py --workdir=DIR [--step=N] \\
+    python -m neft_jax.evaluate --config=configs/x.py --workdir=DIR [--step=N|best] \\
         [--prompts=FILE] [--out=DIR]
     python -m neft_jax.evaluate --model=HF_DIR [--config=configs/x.py] [--prompts=FILE] [--out=DIR]
 
@@ -54,7 +54,8 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
   flags.DEFINE_string("workdir", None, "A training run's workdir (its checkpoints).")
   flags.DEFINE_string("model", None, "A Hugging Face checkpoint folder, instead of --workdir.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step, or best (checkpoint.keep_best's best; "
+                      "default: the latest).")
   flags.DEFINE_string("prompts", None, "AlpacaEval-format JSON of instructions.")
   flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/eval_step_N, or ./eval).")
 
@@ -79,7 +80,8 @@ def load_prompts(path: str) -> list[dict]:
 
 
 def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
-             model_path: str | None = None, step: int | None = None, prompts_path: str | None = None,
+             model_path: str | None = None, step: int | str | None = None,
+             prompts_path: str | None = None,
              out_dir: str | None = None, generator: str | None = None) -> dict:
   """Runs the evaluation; returns the summary (also written to OUT/summary.json).
   `generator` names the model in model_outputs.json (default: the workdir's folder name and
@@ -193,8 +195,8 @@ def main(FLAGS) -> None:
   config = FLAGS.config
   if config is None:
     config = run.load_config(FLAGS.workdir) if FLAGS.workdir else defaults.base()
-  evaluate(config, workdir=FLAGS.workdir, model_path=FLAGS.model, step=FLAGS.step,
-           prompts_path=FLAGS.prompts, out_dir=FLAGS.out)
+  evaluate(config, workdir=FLAGS.workdir, model_path=FLAGS.model,
+           step=run.parse_step(FLAGS.step), prompts_path=FLAGS.prompts, out_dir=FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Export a training run's parameters as a Hugging Face checkpoint folder.
 
-    python -m neft_jax.export --workdir=DIR --out=HF_DIR [--step=N] [--dtype=bfloat16] [--overwrite]
+    python -m neft_jax.export --workdir=DIR --out=HF_DIR [--step=N|best] [--dtype=bfloat16] [--overwrite]
     python -m neft_jax.export --workdir=LORA_RUN --out=ADAPTER_DIR --adapter
 
 Writes config.json, safetensors (sharded above 5 GB), generation_config.json
@@ -32,7 +32,8 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "The training run's workdir.")
   flags.DEFINE_string("out", None, "The Hugging Face folder to write.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step, or best (checkpoint.keep_best's best; "
+                      "default: the latest).")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                     "dtype of the saved weights (default: the parameters').")
   flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --out.")
@@ -52,9 +53,10 @@ def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
     shutil.rmtree(out_dir)
 
 
-def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
-           overwrite: bool = False, adapter: bool = False) -> dict:
-  """Writes the run's parameters at `step` (default: latest) as a Hugging Face folder, or
+def export(config, workdir: str, out_dir: str, *, step: int | str | None = None,
+           dtype: str | None = None, overwrite: bool = False, adapter: bool = False) -> dict:
+  """Writes the run's parameters at `step` (a number, "best", default: the latest) as a
+  Hugging Face folder, or
   with `adapter` a LoRA run's adapters as a PEFT folder."""
   import transformers
 
@@ -92,8 +94,8 @@ def export(config, workdir: str, out_dir: str, *, step: int | None = None, dtype
 def main(FLAGS) -> None:
   if FLAGS.workdir:
     cli.log_to(str(run.folder(FLAGS.workdir) / "export.log"))
-  export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype,
-         overwrite=FLAGS.overwrite, adapter=FLAGS.adapter)
+  export(FLAGS.config, FLAGS.workdir, FLAGS.out, step=run.parse_step(FLAGS.step),
+         dtype=FLAGS.dtype, overwrite=FLAGS.overwrite, adapter=FLAGS.adapter)
 
 
 if __name__ == "__main__":

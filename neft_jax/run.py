@@ -9,6 +9,8 @@
     tokenizer_path(config, workdir)  (path, config key) of the run's tokenizer
     checkpoints_dir(workdir)         where the run's Orbax checkpoints are
     trained_model(workdir, config, mesh, rules, step)   (decoder with the run's parameters, step)
+    restore_params(workdir, config, abstract, step)     (step, the checkpoint's parameters)
+    parse_step(text)                 a --step flag: a number, "best" or None (the latest)
 
 The run's own files go through `etils.epath`, the path library Orbax uses, so a
 workdir may be a local folder or a bucket (gs://bucket/run). Model and data
@@ -25,7 +27,7 @@ from etils import epath
 from flax import nnx
 
 from neft_jax import defaults, sharding
-from neft_jax.checkpoint import Checkpoints
+from neft_jax.checkpoint import Checkpoints, KeepBest
 from neft_jax.errors import UserError
 from neft_jax.models import hf_io
 
@@ -87,8 +89,10 @@ def checkpoints_dir(workdir) -> epath.Path:
   return folder(workdir) / CHECKPOINTS
 
 
-def trained_model(workdir, config: ml_collections.ConfigDict, mesh, rules, step: int | None = None):
-  """(model, step): the decoder with a run's parameters at `step` (default: the latest).
+def trained_model(workdir, config: ml_collections.ConfigDict, mesh, rules,
+                  step: int | str | None = None):
+  """(model, step): the decoder with a run's parameters at `step` (a number, "best", or
+  None: the latest).
 
   Only the parameters are read; the optimizer state stays on disk.
   """
@@ -101,32 +105,47 @@ def trained_model(workdir, config: ml_collections.ConfigDict, mesh, rules, step:
   shardings = sharding.tree_shardings(abstract, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
+  step, params = restore_params(workdir, config, abstract, step)
+  return nnx.merge(graphdef, params), step
+
+
+def parse_step(text: str | None) -> int | str | None:
+  """A --step flag: a step number, "best" (checkpoint.keep_best's best), or None (the latest)."""
+  if text is None or text == "best":
+    return text
+  try:
+    step = int(text)
+  except ValueError:
+    step = -1
+  if step < 0:
+    raise UserError(f"--step={text}: give a checkpoint's step number, or best (the best "
+                    "checkpoint by the run's checkpoint.keep_best metric)")
+  return step
+
+
+def restore_params(workdir, config: ml_collections.ConfigDict, abstract, step: int | str | None):
+  """(step, the trained parameters at `step`) of a run's checkpoints, into `abstract`."""
   directory = checkpoints_dir(workdir)
   if not directory.is_dir():
     raise UserError(f"{workdir} has no {CHECKPOINTS} folder; point --workdir at a training run")
-  checkpoints = Checkpoints(directory, read_only=True)
+  checkpoints = Checkpoints(directory, read_only=True,
+                            keep_best=KeepBest.from_config(config.get("checkpoint")))
   try:
-    step, params = checkpoints.restore_params(abstract, step)
+    return checkpoints.restore_params(abstract, step)
   finally:
     checkpoints.close()
-  return nnx.merge(graphdef, params), step
 
 
 def _lora_model(workdir, config, model_config, model_path, mesh, rules, step):
   """trained_model of a LoRA run: its base from model.path, checked against the one it was
   trained on, with the checkpoint's adapters."""
   from neft_jax import lora_run
-  directory = checkpoints_dir(workdir)
-  if not directory.is_dir():
+  if not checkpoints_dir(workdir).is_dir():
     raise UserError(f"{workdir} has no {CHECKPOINTS} folder; point --workdir at a training run")
   lora_run.check_base(workdir, model_path)
   frozen, fresh = lora_run.load(config, model_config, model_path, mesh, rules)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                           fresh)
-  checkpoints = Checkpoints(directory, read_only=True)
-  try:
-    step, adapters = checkpoints.restore_params(abstract, step)
-  finally:
-    checkpoints.close()
+  step, adapters = restore_params(workdir, config, abstract, step)
   graphdef = hf_io.abstract_trainable(model_config)[0]
   return nnx.merge(graphdef, adapters, frozen), step

@@ -29,9 +29,9 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from neft_jax import (checkpoint, cli, config_check, demo, dropout, held_out, lora_run, loss,
-                      metrics, multihost, optim, provenance, response_metrics, run, sharding,
-                      steps)
+from neft_jax import (checkpoint, cli, config_check, demo, dropout, early_stopping, held_out,
+                      lora_run, loss, metrics, multihost, optim, provenance, response_metrics, run,
+                      sharding, steps)
 from neft_jax.answers import exact_match
 from neft_jax.data import batching, pipeline
 from neft_jax.data.tokenize import start_token
@@ -183,9 +183,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   optimizer, learning_rate = optim.optimizer(config.optim, total_steps)
   graphdef, abstract_state, state_shardings, _ = sharded_abstract_state(
       model_config, optimizer, mesh, rules)
+  keep_best = checkpoint.KeepBest.from_config(config.checkpoint)
   checkpoints = checkpoint.Checkpoints(run.checkpoints_dir(workdir),
                                        max_to_keep=config.checkpoint.max_to_keep,
-                                       async_save=config.checkpoint.async_save)
+                                       async_save=config.checkpoint.async_save, keep_best=keep_best)
   root_key = jax.random.key(config.seed)
   # For classification this tokenizes every label's completion: one that does not fit stops here.
   evaluator = held_out.HeldOut(graphdef, config, model_config.vocab_size, tokenizer, bos, mesh,
@@ -206,8 +207,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     frozen, adapters = lora_run.load(config, model_config, model_path, mesh, rules)
     if is_main and restored is None:
       lora_run.write_base(workdir, model_path)
+  saved_meta = {}
   if restored is not None:
-    state, root_key, data_state = restored
+    state, root_key, data_state, saved_meta = restored
     data_iter.set_state(data_state)
     log.info("resumed from step %d of %s", int(state.step), checkpoints.directory)
   else:
@@ -221,6 +223,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       params = adapters
     opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
     state = steps.TrainState(jax.device_put(np.int32(0), state_shardings.step), params, opt_state)
+  stopping = early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"),
+                                                      saved_meta.get("early_stopping"))
 
   def all_params(trained):
     """Every parameter of the model: the trained ones, and with LoRA the frozen base."""
@@ -273,7 +277,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                   dynamic_ncols=True)
   pending, interval_start = [], time.perf_counter()
   last_step = total_steps if stop_after is None else min(stop_after, total_steps)
-  preempted = False
+  if stopping is not None and stopping.stopped_at is not None:  # it ended early before
+    log.info("early stopping: the run stopped at step %d (%s); nothing more to train",
+             stopping.stopped_at, stopping.reason())
+    last_step = first_step
+  preempted = stopped = False
+  latest_evals = (None, {})  # (step, results) of the last evaluation in the loop
+
+  def save(step: int, evals: dict | None = None) -> None:
+    """A checkpoint at `step`, with its eval metrics for keep-best and the early-stopping state."""
+    ranked = {k: v for k, v in (evals or {}).items() if k.startswith("eval_")} or None
+    checkpoints.save(step, state, root_key, data_iter.get_state(), metrics=ranked,
+                     extra={"early_stopping": stopping.state()} if stopping else None)
+
   for step in range(first_step, last_step):
     batch = sharding.global_batch(next(data_iter), train_sharding)
     with sharding.activation_rules(mesh, rules):
@@ -281,7 +297,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     pending.append(step_metrics)
     done = step + 1
     preempted = preemption.reached(done)
-    if done % config.train.log_every == 0 or done == last_step or preempted:
+    evaluate_now = bool(config.train.eval_every and done % config.train.eval_every == 0
+                        and done != total_steps)
+    if done % config.train.log_every == 0 or done == last_step or preempted or evaluate_now:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
       row_tokens = len(fetched) * config.train.batch_size * config.data.max_length
@@ -293,29 +311,36 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       }
       if peak_flops:  # every position computed counts, padding included
         logged["mfu"] = flops_per_token * row_tokens / elapsed / (mesh.size * peak_flops)
-      if config.train.eval_every and done % config.train.eval_every == 0 and done != total_steps:
-        logged |= {k: v for k, v in run_evals(all_params(state.params), done).items()
-                   if k != "answers"}
+      if evaluate_now:
+        latest_evals = (done, run_evals(all_params(state.params), done))
+        logged |= {k: v for k, v in latest_evals[1].items() if k != "answers"}
+        stopped = stopping is not None and stopping.update(done, latest_evals[1])
       writer.write(done, logged)
       progress.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_sec']:.0f}")
       pending, interval_start = [], time.perf_counter()
     progress.update(1)
-    if preempted:
+    if preempted or stopped:
+      if stopped:
+        log.info("early stopping at step %d: %s", done, stopping.reason())
       last_step = done
       break
-    if done % config.checkpoint.every_steps == 0 and done != last_step:
-      checkpoints.save(done, state, root_key, data_iter.get_state())
+    evaluated = latest_evals[0] == done and keep_best is not None  # keep-best ranks every eval
+    if (done % config.checkpoint.every_steps == 0 or evaluated) and done != last_step:
+      save(done, latest_evals[1] if evaluated else None)
   progress.close()
 
-  # ---------------------------------------------------------------- final checkpoint, evals
+  # ---------------------------------------------------------------- final evals, checkpoint
+  after = {}
+  if not preempted:  # the final evaluation goes into the final checkpoint, for keep-best
+    after = (latest_evals[1] if latest_evals[0] == last_step
+             else run_evals(all_params(state.params), last_step))
   if first_step < last_step or not checkpoints.steps():
-    checkpoints.save(last_step, state, root_key, data_iter.get_state())
+    save(last_step, after)
   checkpoints.close()
   preemption.close()
   if preempted:
     writer.close()
     return {"before": before, "after": {}, "steps": last_step, "state": state, "preempted": True}
-  after = run_evals(all_params(state.params), last_step)
   test = evaluator.metrics(all_params(state.params), "test")
   if is_main and test:
     tqdm.write(f"test at step {last_step}: { {k: round(v, 4) for k, v in test.items()} }")
@@ -334,8 +359,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     answers = after["answers"]
     examples["eval_exact_match"] = np.array(response_metrics.exact_matches(
         answers, [record.output for record in eval_set.records[:len(answers)]]), np.float64)
+  ended_early = None
+  if stopping is not None and stopping.stopped_at is not None:
+    ended_early = stopping.state() | {"reason": stopping.reason()}
   return {"before": before, "after": after, "steps": last_step, "state": state, "preempted": False,
-          "examples": examples}
+          "examples": examples, "early_stopped": ended_early}
 
 
 def dry_run(config: ml_collections.ConfigDict) -> dict:

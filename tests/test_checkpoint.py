@@ -202,3 +202,29 @@ def test_command_line_mismatch_is_one_error_line_and_exit_1(small_config, workdi
   assert len(error_lines) == 1 and "Traceback" not in result.stderr
   assert error_lines[0].startswith("error: checkpoint 6 in ") and "does not fit" in error_lines[0]
   assert file_hashes(workdir) == before
+
+
+@pytest.mark.parametrize("mode, best", [("min", 4), ("max", 2)])
+def test_keep_best_keeps_the_best_beside_the_latest(tmp_path, mode, best):
+  from neft_jax import steps
+  keep = checkpoint.KeepBest("eval_loss", mode, count=1)
+  directory = str(tmp_path / "checkpoints")
+  checkpoints = checkpoint.Checkpoints(directory, max_to_keep=2, async_save=False, keep_best=keep)
+  losses = {2: 0.5, 4: 0.3, 6: 0.4}  # evaluated at the even steps only
+  for step in range(1, 7):
+    state = steps.TrainState(np.int32(step), {"w": np.full(3, step, np.float32)}, {})
+    metrics = {"eval_loss": losses[step], "eval_token_accuracy": 0.1} if step in losses else None
+    checkpoints.save(step, state, jax.random.key(0), {}, metrics=metrics)
+  checkpoints.close()
+  assert sorted(int(name) for name in os.listdir(directory)) == sorted({best, 5, 6})
+  reader = checkpoint.Checkpoints(directory, read_only=True, keep_best=keep)
+  try:
+    assert reader.best_step() == best  # read back from the metrics in each step's folder
+    step, params = reader.restore_params({"w": jax.ShapeDtypeStruct((3,), np.float32)}, "best")
+    assert step == best and (np.asarray(params["w"]) == best).all()
+  finally:
+    reader.close()
+  plain = checkpoint.Checkpoints(directory, read_only=True)
+  with pytest.raises(UserError, match="--step=best needs a run trained with checkpoint.keep_best"):
+    plain.best_step()
+  plain.close()
