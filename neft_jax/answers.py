@@ -26,13 +26,15 @@ def prompt_tokens(tokenizer, records: list[dict], *, template: str, bos: int | N
                   ) -> list[list[int]]:
   """Token ids of every prompt, as training tokenizes them (`bos` from
   tokenize.start_token); one too long for the context is an error, or cut from
-  the left (behind its BOS)."""
+  the left (behind its BOS). A record with a `prompt` (a conversation's history,
+  rendered) is that text; any other is its instruction and input in `template`."""
   room = max_positions - max_new_tokens
   if room < 1:
     raise UserError(f"generate.max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                     f"model's {max_positions} positions")
-  texts = [templates.prompt(Record(record["instruction"], record.get("input") or "", ""),
-                            template, tokenizer) for record in records]
+  texts = [record["prompt"] if "prompt" in record else templates.prompt(
+      Record(record["instruction"], record.get("input") or "", ""), template, tokenizer)
+      for record in records]
   prompts = []
   for number, ids in enumerate(encode_prompts(tokenizer, texts, bos)):
     if len(ids) > room:

@@ -4,8 +4,8 @@
         [--prompts=FILE] [--out=DIR]
     python -m neft_jax.evaluate --model=HF_DIR [--config=configs/x.py] [--prompts=FILE] [--out=DIR]
 
-With --workdir, the parameters come from the run's checkpoint (the latest, or
---step) and the config from --config or the run's config.json; with --model,
+With --workdir, the parameters come from the run's checkpoint (the latest,
+--step=N, or --step=best with checkpoint.keep_best) and the config from --config or the run's config.json; with --model,
 from a Hugging Face folder. It reports:
 
   * eval (and test) loss and perplexity on the config's held-out splits, if it has
@@ -13,7 +13,8 @@ from a Hugging Face folder. It reports:
   * greedy (or configured) generations for every prompt of --prompts, a JSON
     list of objects with `instruction` (and optionally `input`, a reference
     `output`, `dataset`), as AlpacaEval's 805 instructions are; without
-    --prompts, for the held-out split;
+    --prompts, for the held-out split (for conversations, each one's last reply
+    after the turns before it);
   * response metrics (`neft_jax.response_metrics`): length, repetition,
     diversity, and ROUGE-L and exact match where references exist.
 
@@ -43,7 +44,7 @@ from ml_collections import config_flags
 from neft_jax import (cli, config_check, defaults, held_out, provenance, response_metrics, run,
                       sharding)
 from neft_jax.answers import generate_answers, prompt_tokens
-from neft_jax.data import batching, pipeline
+from neft_jax.data import batching, conversations, pipeline
 from neft_jax.data.tokenize import start_token
 from neft_jax.errors import UserError
 from neft_jax.models import load_hf
@@ -138,8 +139,12 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None,
     records = load_prompts(prompts_path)
     source, dataset = prompts_path, os.path.splitext(os.path.basename(prompts_path))[0]
   elif eval_set is not None and len(eval_set):
-    records = [{"instruction": r.instruction, "input": r.input, "output": r.output}
-               for r in eval_set.records[: config.eval.exact_match_examples]]
+    held = eval_set.records[: config.eval.exact_match_examples]
+    if config.data.format == "conversation":  # each conversation's last reply, after the rest
+      records = [conversations.reply_prompt(c, tokenizer, config.data.template) for c in held]
+    else:
+      records = [{"instruction": r.instruction, "input": r.input, "output": r.output}
+                 for r in held]
     source, dataset = "the held-out split", "held_out"
   else:
     raise UserError("nothing to generate for: give --prompts, or a config with a held-out split")

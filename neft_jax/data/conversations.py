@@ -2,6 +2,7 @@
 
     load_conversations(path, split, field)   Conversations from json / jsonl / parquet / the hub
     tokenize_conversations(conversations, tokenizer, ...)   ids and loss masks (a TokenizedSet)
+    reply_prompt(conversation, tokenizer, template)   the prompt and reference of its last reply
 
 **Formats.** A row holds its turns in `conversations` (ShareGPT: `{"from":
 "human" | "gpt" | "system", "value": ...}`) or in `messages` (OpenAI's, which
@@ -120,6 +121,18 @@ def render(tokenizer, template: str, messages: list[dict], generation_prompt: bo
   """The text of `messages` under Jinja `template`."""
   return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                        add_generation_prompt=generation_prompt)
+
+
+def reply_prompt(conversation: Conversation, tokenizer, template: str) -> dict[str, str]:
+  """What generation answers for a held-out conversation: its last reply, after the turns
+  before it (`prompt`, rendered with the generation prompt), with the last user turn as
+  the `instruction` and the reply as the reference `output`."""
+  messages = conversation.messages()
+  last = max(i for i, (role, _) in enumerate(conversation.turns) if role == "assistant")
+  users = [text for role, text in conversation.turns[:last] if role == "user"]
+  return {"instruction": users[-1] if users else "", "output": conversation.turns[last][1],
+          "prompt": render(tokenizer, templates.chat_template(template, tokenizer),
+                           messages[:last], generation_prompt=True)}
 
 
 def _special_tokens(tokenizer) -> list[str]:

@@ -156,6 +156,16 @@ def test_last_assistant_and_truncation_at_a_turn_boundary(tmp_path):
   assert (none.num_dropped, len(none)) == (1, 0)
 
 
+def test_reply_prompt_is_the_history_before_the_last_reply(tmp_path):
+  tokenizer = _tokenizer(tmp_path, "gpt2")
+  conversation = Conversation((("system", "Be brief."), ("user", "Name a color."),
+                               ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Red.")))
+  record = conversations.reply_prompt(conversation, tokenizer, "plain_chat")
+  assert record == {"instruction": "Another?", "output": "Red.", "prompt": (
+      "Be brief.\n\n### User:\nName a color.\n\n### Assistant:\nBlue.<|endoftext|>\n\n"
+      "### User:\nAnother?\n\n### Assistant:\n")}
+
+
 def test_packed_conversations_get_neftune_noise_by_their_own_length(tmp_path):
   tokenizer = _tokenizer(tmp_path, "gpt2")
   data = conversations.tokenize_conversations(_real_conversations(4), tokenizer, max_length=2048,
@@ -268,6 +278,13 @@ def test_training_on_conversations_runs_and_packs(demo_assets, shrunk_run, tmp_p
     result = train.train(config, str(tmp_path / "run"))
   assert result["steps"] == 2 and np.isfinite(result["after"]["eval_loss"])
   assert any("train: 112 conversations" in m for m in caplog.messages)
+  # evaluate answers each held-out conversation's last reply, after the turns before it
+  from neft_jax import evaluate
+  config.generate.max_new_tokens, config.generate.batch_size = 4, 8
+  summary = evaluate.evaluate(config, workdir=str(tmp_path / "run"), out_dir=str(tmp_path / "ev"))
+  outputs = json.loads((tmp_path / "ev" / "model_outputs.json").read_text())
+  assert len(outputs) == 8 and "rouge_l" in summary and np.isfinite(summary["eval_loss"])
+  assert all(o["instruction"] and o["dataset"] == "held_out" for o in outputs)
 
 
 def test_a_bad_conversation_is_one_error_line(demo_assets, shrunk_run, tmp_path):
