@@ -65,9 +65,11 @@ def check_base(workdir, model_path: str) -> None:
                       f"{saved['path']}'s, {BASE_FILE}); point model.path at that base")
 
 
-def load(config, model_config, model_path: str, mesh, rules):
+def load(config, model_config, model_path: str, mesh, rules, *, fresh: bool = True):
   """(frozen base parameters, adapters): the base from model_path with fresh adapters
-  (model.lora.init_seed, -1 for the run's seed), or model.lora.init_from's PEFT adapter."""
+  (model.lora.init_seed, -1 for the run's seed), or model.lora.init_from's PEFT adapter.
+  `fresh=False` where a checkpoint's adapters replace them (resume, evaluate): init_from
+  is then not read, so it need not exist any more."""
   section = config.model.lora
   seed = config.seed if section.init_seed == -1 else section.init_seed
   model = load_hf(model_path, mesh=mesh, rules=rules, param_dtype=model_config.param_dtype,
@@ -75,7 +77,7 @@ def load(config, model_config, model_path: str, mesh, rules):
                   remat=model_config.remat, attention=model_config.attention,
                   lora_rank=model_config.lora_rank, lora_alpha=model_config.lora_alpha,
                   lora_targets=model_config.lora_targets, lora_seed=seed)
-  if section.init_from:
+  if section.init_from and fresh:
     state = nnx.state(model, lora.LoRAParam)
     factors = adapter_io.reshape_like(adapter_io.read_peft(section.init_from, model.config), state)
     nnx.update(model, nnx.from_flat_state([

@@ -143,9 +143,9 @@ def _lora_model(workdir, config, model_config, model_path, mesh, rules, step):
   if not checkpoints_dir(workdir).is_dir():
     raise UserError(f"{workdir} has no {CHECKPOINTS} folder; point --workdir at a training run")
   lora_run.check_base(workdir, model_path)
-  frozen, fresh = lora_run.load(config, model_config, model_path, mesh, rules)
+  frozen, shaped = lora_run.load(config, model_config, model_path, mesh, rules, fresh=False)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                          fresh)
+                          shaped)
   step, adapters = restore_params(workdir, config, abstract, step)
   graphdef = hf_io.abstract_trainable(model_config)[0]
   return nnx.merge(graphdef, adapters, frozen), step

@@ -204,7 +204,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   if model_config.lora_rank:
     if restored is not None:  # the adapters come from the checkpoint: the base must be the same
       lora_run.check_base(workdir, model_path)
-    frozen, adapters = lora_run.load(config, model_config, model_path, mesh, rules)
+    frozen, adapters = lora_run.load(config, model_config, model_path, mesh, rules,
+                                     fresh=restored is None)
     if is_main and restored is None:
       lora_run.write_base(workdir, model_path)
   saved_meta = {}
