@@ -80,10 +80,9 @@ def load(config, model_config, model_path: str, mesh, rules, *, fresh: bool = Tr
   if section.init_from and fresh:
     state = nnx.state(model, lora.LoRAParam)
     factors = adapter_io.reshape_like(adapter_io.read_peft(section.init_from, model.config), state)
-    nnx.update(model, nnx.from_flat_state([
-        (p, v.replace(jax.device_put(factors[".".join(map(str, p))].astype(v.get_value().dtype),
-                                     v.get_value().sharding)))
-        for p, v in nnx.to_flat_state(state)]))
+    placed = {name: jax.device_put(factors[name].astype(value.dtype), value.sharding)
+              for name, value in adapter_io.flat(state).items()}
+    nnx.update(model, adapter_io.unflat(placed, state))
     log.info("LoRA: adapters from %s", section.init_from)
   _, trainable, frozen = nnx.split(model, lora.LoRAParam, ...)
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731

@@ -72,8 +72,19 @@ def init_adapters(cfg: ModelConfig, seed: int, shardings=None) -> nnx.State:
   return jax.jit(make, out_shardings=shardings)()
 
 
+def _dotted(path) -> str:
+  return ".".join(str(k) for k in path)
+
+
 def flat(state) -> dict[str, jax.Array]:
-  return {".".join(str(k) for k in path): v.get_value() for path, v in nnx.to_flat_state(state)}
+  """{dotted path: value} of every variable of `state`."""
+  return {_dotted(path): v.get_value() for path, v in nnx.to_flat_state(state)}
+
+
+def unflat(values: dict, like: nnx.State) -> nnx.State:
+  """`like` with each variable's value from `values` (keyed as `flat` keys them)."""
+  return nnx.from_flat_state([(path, v.replace(values[_dotted(path)]))
+                              for path, v in nnx.to_flat_state(like)])
 
 
 def _host(x) -> np.ndarray:
@@ -281,7 +292,5 @@ def merged(model):
                         params[f"{path}.lora_a"].astype(jnp.float32))
     params[f"{path}.kernel"] = (kernel.astype(jnp.float32) + scale * update).astype(kernel.dtype)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(plain_cfg, rngs=nnx.Rngs(0))))
-  state = nnx.from_flat_state([(p, v.replace(params[".".join(str(k) for k in p)]))
-                               for p, v in nnx.to_flat_state(abstract)])
-  return nnx.merge(graphdef, state)
+  return nnx.merge(graphdef, unflat(params, abstract))
 
