@@ -181,7 +181,7 @@ def test_typo_noise_changes_the_text_field_and_label_noise_is_refused(tmp_path, 
 # Config checks and bad input -------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, message", [
-    ("data.template", "txt", "data.template='txt' is not one of 'alpaca', 'chat', 'text'"),
+    ("data.template", "txt", "data.template='txt' is not one of 'alpaca', 'chat', 'plain_chat', 'text'"),
     ("eval.exact_match", True, "eval.exact_match=True needs prompts to answer, but "
                                "data.template='text' has none; set eval.exact_match=False"),
     ("data.noise.kind", "label", "data.noise.kind='label' needs labels, but data.template='text'"),
