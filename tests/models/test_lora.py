@@ -75,6 +75,10 @@ def test_peft_export_gives_peft_logits_and_merged_gives_transformers(checkpoint,
   peft_model.eval()
   reference = torch_logits(peft_model, ids, mask)
   assert max_error(ours, reference, mask) < TOLERANCE
+  # No missing or unexpected keys: the file holds exactly the adapters PEFT's model has.
+  import safetensors.torch
+  saved = safetensors.torch.load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+  assert set(saved) == set(peft.get_peft_model_state_dict(peft_model))
 
   save_hf(adapters.merged(model), str(tmp_path / "merged"))
   merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
