@@ -305,4 +305,4 @@ def _resume_and_evaluate(tmp_path, corpus, capsys):
   assert 0 <= summary["eval_token_accuracy"] <= 1 and summary["step"] == 4
   assert summary["generation"] == "skipped: plain text has no prompts"
   assert "no generations or response metrics (give --prompts for them)" in capsys.readouterr().out
-  assert os.listdir(tmp_path / "eval") == ["summary.json"]
+  assert sorted(os.listdir(tmp_path / "eval")) == ["provenance.json", "summary.json"]
