@@ -41,6 +41,8 @@ _FILE_ONLY = "neft_jax_file_only"  # a record attribute: keep it off the console
 # Library warnings that only restate what neft_jax asked for: kept in the run log, off the console.
 _EXPECTED_WARNINGS = (
     ("absl", "Given directory is read only"),  # Orbax, on checkpoints opened to read them
+    # Orbax with keep-best, on a checkpoint between evaluations: it is kept as one of the latest
+    ("absl", "Requested `tracked_metric`; did not provide metrics"),
 )
 _logger = logging.getLogger(__name__)
 

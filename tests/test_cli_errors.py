@@ -13,7 +13,8 @@ import ml_collections
 import pytest
 
 from configs import demo as demo_config
-from configs import gpt2_alpaca, llama2_alpaca, qwen2_alpaca, sentiment
+from configs import (gpt2_alpaca, llama2_alpaca, llama2_alpaca_lora, llama2_sharegpt, qwen2_alpaca,
+                     sentiment)
 from neft_jax import cli, config_check, defaults, evaluate, export, train
 from neft_jax.errors import UserError
 from tests.test_train import shrunk_config
@@ -175,13 +176,16 @@ def test_every_config_key_has_a_check():
 MODEL_POSITIONS = {
     gpt2_alpaca: 1024,     # gpt2: n_positions
     llama2_alpaca: 4096,   # Llama-2-7b-hf: max_position_embeddings
+    llama2_alpaca_lora: 4096,
+    llama2_sharegpt: 4096,
     qwen2_alpaca: 32768,   # Qwen2-1.5B: at least this many
     sentiment: 1024,       # openai-community/gpt2
 }
 
 
-@pytest.mark.parametrize("module", [demo_config, gpt2_alpaca, llama2_alpaca, qwen2_alpaca,
-                                    sentiment], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("module", [demo_config, gpt2_alpaca, llama2_alpaca, llama2_alpaca_lora,
+                                    llama2_sharegpt, qwen2_alpaca, sentiment],
+                         ids=lambda m: m.__name__.split(".")[-1])
 def test_shipped_configs_validate_and_leave_room_to_generate(module):
   config = module.get_config()
   config_check.validate(config)
@@ -233,6 +237,7 @@ def test_console_shows_own_lines_and_warnings_and_the_log_file_everything(tmp_pa
     logging.getLogger("neft_jax.train").info("own line before the folder exists")
     logging.getLogger("absl").info("CheckpointManagerOptions(%s)", "x" * 1500)
     logging.getLogger("jax._src.xla_bridge").warning("a third-party warning")
+    logging.getLogger("absl").warning("Requested `tracked_metric`; did not provide metrics.")
     workdir.mkdir()
     logging.getLogger("neft_jax.checkpoint").warning("own warning")
   console = capsys.readouterr().err.splitlines()
@@ -241,7 +246,8 @@ def test_console_shows_own_lines_and_warnings_and_the_log_file_everything(tmp_pa
                      "warning: own warning"]
   log = (workdir / "train.log").read_text()
   for text in ("INFO neft_jax.train] own line", "INFO absl] CheckpointManagerOptions(xxx",
-               "WARNING jax._src.xla_bridge] a third-party", "WARNING neft_jax.checkpoint] own"):
+               "WARNING jax._src.xla_bridge] a third-party", "WARNING neft_jax.checkpoint] own",
+               "WARNING absl] Requested `tracked_metric`"):  # expected: in the log alone
     assert text in log
 
 
