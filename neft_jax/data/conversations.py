@@ -55,6 +55,7 @@ ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"
 # (turn list column, role key, text key) of each format, tried in this order.
 LAYOUTS = (("conversations", "from", "value"), ("messages", "role", "content"))
 
+
 @dataclasses.dataclass(frozen=True)
 class Conversation:
   """Turns as (role, text) pairs, role one of system, user, assistant."""
@@ -141,12 +142,12 @@ def _special_tokens(tokenizer) -> list[str]:
   return sorted(set(added) | set(tokenizer.all_special_tokens), key=len, reverse=True)
 
 
-def assistant_spans(conversation: Conversation, tokenizer, template: str
-                    ) -> tuple[str, list[tuple[int, int]]]:
-  """The rendered text and, per assistant turn, the [start, end) characters its loss covers."""
+def assistant_spans(conversation: Conversation, tokenizer, template: str,
+                    specials: list[str]) -> tuple[str, list[tuple[int, int]]]:
+  """The rendered text and, per assistant turn, the [start, end) characters its loss covers:
+  through the first of `specials` (the tokenizer's special tokens) after the turn begins."""
   messages = conversation.messages()
   text = render(tokenizer, template, messages)
-  specials = _special_tokens(tokenizer)
   spans = []
   for index, (role, _) in enumerate(conversation.turns):
     if role != "assistant":
@@ -187,17 +188,19 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer, *, max_
   if train_on not in TRAIN_ON:
     raise UserError(f"data.train_on={train_on!r} is not one of {list(TRAIN_ON)}")
   source = templates.chat_template(template, tokenizer)
+  specials = _special_tokens(tokenizer)
   out = ConversationSet([], [], [])
   for number, conversation in enumerate(conversations):
     try:
-      text, char_spans = assistant_spans(conversation, tokenizer, source)
+      text, char_spans = assistant_spans(conversation, tokenizer, source, specials)
     except UserError:
       raise
     except Exception as e:  # a template's raise_exception, say on turns out of order
+      remedy = ("fix the record or use data.template='plain_chat'" if template == "chat"
+                else "fix the record")
       raise UserError(f"conversation {number} (counting from 0) cannot be rendered by the "
                       f"{'tokenizer' if template == 'chat' else 'plain_chat'} template "
-                      f"({type(e).__name__}: {e}); fix the record or use "
-                      "data.template='plain_chat'") from None
+                      f"({type(e).__name__}: {e}); {remedy}") from None
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                         verbose=False)
     ids, offsets = list(encoded["input_ids"]), np.asarray(encoded["offset_mapping"], np.int64)

@@ -306,3 +306,19 @@ def test_a_bad_conversation_is_one_error_line(demo_assets, shrunk_run, tmp_path)
                     "is not one of ['assistant', 'gpt', 'human', 'system', 'user']; fix the record "
                     "or drop it"]
   assert "Traceback" not in result.stderr
+
+
+def test_templates_that_cannot_be_masked_are_user_errors(tmp_path):
+  tokenizer = _tokenizer(tmp_path, "llama2", LLAMA2_CHAT)
+  out_of_order = Conversation((("user", "Hi"), ("user", "Hello?"), ("assistant", "Yes.")))
+  with pytest.raises(UserError, match=r"conversation 0 \(counting from 0\) cannot be rendered by "
+                     r"the tokenizer template \(TemplateError: Conversation roles must alternate"):
+    conversations.tokenize_conversations([out_of_order], tokenizer, max_length=64,
+                                         template="chat", bos=1)
+  # A template that renders the last turns only: earlier turns are not where the text begins.
+  tokenizer.chat_template = ("{% for m in messages[-2:] %}{{ m['role'] + ': ' + m['content'] }}"
+                             "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+  long = Conversation((("user", "A"), ("assistant", "B"), ("user", "C"), ("assistant", "D")))
+  with pytest.raises(UserError, match="does not render a conversation turn by turn"):
+    conversations.tokenize_conversations([long], tokenizer, max_length=64, template="chat",
+                                         bos=1)
