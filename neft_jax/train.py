@@ -331,12 +331,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   progress.close()
 
   # ---------------------------------------------------------------- final evals, checkpoint
+  evaluated = latest_evals[1] if latest_evals[0] == last_step else None
   after = {}
   if not preempted:  # the final evaluation goes into the final checkpoint, for keep-best
-    after = (latest_evals[1] if latest_evals[0] == last_step
-             else run_evals(all_params(state.params), last_step))
+    after = evaluated or run_evals(all_params(state.params), last_step)
   if first_step < last_step or not checkpoints.steps():
-    save(last_step, after)
+    save(last_step, after or evaluated)
   checkpoints.close()
   preemption.close()
   if preempted:
