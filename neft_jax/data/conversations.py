@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
 from neft_jax.data import sources, templates
 from neft_jax.data.tokenize import TokenizedSet
@@ -54,6 +56,7 @@ ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"
          "assistant": "assistant"}
 # (turn list column, role key, text key) of each format, tried in this order.
 LAYOUTS = (("conversations", "from", "value"), ("messages", "role", "content"))
+PROGRESS_FROM = 5000  # conversations: a progress bar while so many are rendered and tokenized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +193,10 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer, *, max_
   source = templates.chat_template(template, tokenizer)
   specials = _special_tokens(tokenizer)
   out = ConversationSet([], [], [])
-  for number, conversation in enumerate(conversations):
+  # About 2 ms a conversation of 4 rounds on one core: ShareGPT's 90k take minutes.
+  bar = tqdm(conversations, desc="conversations", unit="conversation", dynamic_ncols=True,
+             leave=False, disable=len(conversations) < PROGRESS_FROM or jax.process_index() != 0)
+  for number, conversation in enumerate(bar):
     try:
       text, char_spans = assistant_spans(conversation, tokenizer, source, specials)
     except UserError:
