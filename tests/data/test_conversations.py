@@ -14,21 +14,22 @@ from neft_jax.errors import UserError
 from tests import tiny_models
 from tests.conftest import shared_data
 
-# Llama-2-chat's template, as Meta's tokenizer_config.json ships it (the shared Llama-2
-# tokenizer files hold none).
+# The Llama-2-chat prompt format (BOS and [INST] ... [/INST] per round, <<SYS>> inside the
+# first, each reply stripped and closed by EOS), written as a chat template here: the shared
+# Llama-2 tokenizer files ship none.
 LLAMA2_CHAT = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}"
-    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
-    "{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
-    "{% endif %}{% endfor %}")
+    "{% set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' "
+    "else none %}"
+    "{% for turn in (messages[1:] if system is not none else messages) %}"
+    "{% set expected = 'user' if loop.index is odd else 'assistant' %}"
+    "{% if turn['role'] != expected %}"
+    "{{ raise_exception('turns must alternate between user and assistant') }}{% endif %}"
+    "{% if expected == 'user' %}"
+    "{% set text = turn['content'] if not (loop.first and system is not none) "
+    "else '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + turn['content'] %}"
+    "{{ bos_token }}[INST] {{ text.strip() }} [/INST]"
+    "{% else %} {{ turn['content'].strip() }} {{ eos_token }}{% endif %}"
+    "{% endfor %}")
 
 
 def _tokenizer(tmp_path, name, chat_template=None):
@@ -312,7 +313,8 @@ def test_templates_that_cannot_be_masked_are_user_errors(tmp_path):
   tokenizer = _tokenizer(tmp_path, "llama2", LLAMA2_CHAT)
   out_of_order = Conversation((("user", "Hi"), ("user", "Hello?"), ("assistant", "Yes.")))
   with pytest.raises(UserError, match=r"conversation 0 \(counting from 0\) cannot be rendered by "
-                     r"the tokenizer template \(TemplateError: Conversation roles must alternate"):
+                     r"the tokenizer template \(TemplateError: turns must alternate between user "
+                     r"and assistant"):
     conversations.tokenize_conversations([out_of_order], tokenizer, max_length=64,
                                          template="chat", bos=1)
   # A template that renders the last turns only: earlier turns are not where the text begins.
