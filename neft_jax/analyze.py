@@ -248,7 +248,8 @@ def main(FLAGS) -> None:
   cli.log_to(os.path.join(FLAGS.out, "analyze.log"))
   analyze(FLAGS.base, FLAGS.tuned, FLAGS.out, config=FLAGS.config, probe=FLAGS.probe,
           step=run.parse_step(FLAGS.step), max_examples=FLAGS.max_examples,
-          max_tokens=FLAGS.max_tokens, debiased=FLAGS.debiased, seed=FLAGS.seed, probe_labels=FLAGS.probe_labels)
+          max_tokens=FLAGS.max_tokens, debiased=FLAGS.debiased, seed=FLAGS.seed,
+          probe_labels=FLAGS.probe_labels)
 
 
 if __name__ == "__main__":

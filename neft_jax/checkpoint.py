@@ -60,7 +60,6 @@ class KeepBest:
     return float(metrics[self.metric])
 
 
-
 class Checkpoints:
   def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True,
                read_only: bool = False, keep_best: KeepBest | None = None):
@@ -117,8 +116,8 @@ class Checkpoints:
         meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
 
   def restore_latest(self, abstract_state, root_key: jax.Array):
-    """(state, root_key, data_state, meta) of the newest good checkpoint, or None;
-    `meta` holds what `save` was given as `extra`.
+    """(state, root_key, meta) of the newest good checkpoint, or None; `meta` holds the
+    data iterator's position under "data", and what `save` was given as `extra`.
 
     `abstract_state` (a TrainState of ShapeDtypeStructs with shardings) gives
     the shapes, dtypes and shardings to restore into, so a checkpoint restores
@@ -158,7 +157,7 @@ class Checkpoints:
                                      impl=jax.random.key_impl(root_key))
       state = abstract_state.replace(step=restored.optimizer["step"], params=restored.params,
                                      opt_state=restored.optimizer["opt_state"])
-      return state, key, restored.meta["data"], restored.meta
+      return state, key, restored.meta
     return None
 
   def best_step(self) -> int:

@@ -5,8 +5,9 @@
     python -m neft_jax.evaluate --model=HF_DIR [--config=configs/x.py] [--prompts=FILE] [--out=DIR]
 
 With --workdir, the parameters come from the run's checkpoint (the latest,
---step=N, or --step=best with checkpoint.keep_best) and the config from --config or the run's config.json; with --model,
-from a Hugging Face folder. It reports:
+--step=N, or --step=best with checkpoint.keep_best) and the config from
+--config or the run's config.json; with --model, from a Hugging Face folder.
+It reports:
 
   * eval (and test) loss and perplexity on the config's held-out splits, if it has
     them, and for classification data label accuracy and macro F1 (`neft_jax.classify`);

@@ -210,8 +210,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       lora_run.write_base(workdir, model_path)
   saved_meta = {}
   if restored is not None:
-    state, root_key, data_state, saved_meta = restored
-    data_iter.set_state(data_state)
+    state, root_key, saved_meta = restored
+    data_iter.set_state(saved_meta["data"])
     log.info("resumed from step %d of %s", int(state.step), checkpoints.directory)
   else:
     if frozen is None:
@@ -331,12 +331,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   progress.close()
 
   # ---------------------------------------------------------------- final evals, checkpoint
-  evaluated = latest_evals[1] if latest_evals[0] == last_step else None
+  at_last_step = latest_evals[1] if latest_evals[0] == last_step else None
   after = {}
   if not preempted:  # the final evaluation goes into the final checkpoint, for keep-best
-    after = evaluated or run_evals(all_params(state.params), last_step)
+    after = at_last_step or run_evals(all_params(state.params), last_step)
   if first_step < last_step or not checkpoints.steps():
-    save(last_step, after or evaluated)
+    save(last_step, after or at_last_step)
   checkpoints.close()
   preemption.close()
   if preempted:
